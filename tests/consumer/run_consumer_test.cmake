@@ -1,0 +1,30 @@
+# CTest driver: install xpo from XPO_BUILD_DIR into a fresh prefix, then configure, build and run the consumer
+# project against that prefix only.
+set(_prefix "${WORK_DIR}/prefix")
+set(_build "${WORK_DIR}/build")
+file(REMOVE_RECURSE "${_prefix}" "${_build}")
+
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err)
+  if(NOT _rc EQUAL 0)
+    message(FATAL_ERROR "failed (${_rc}): ${ARGN}\n${_out}\n${_err}")
+  endif()
+  message(STATUS "${_out}")
+endfunction()
+
+run("${CMAKE_COMMAND}" --install "${XPO_BUILD_DIR}" --prefix "${_prefix}")
+if(NOT EXISTS "${_prefix}/include/xpo/xpo.hpp")
+  message(FATAL_ERROR "the install did not put xpo/xpo.hpp under ${_prefix}/include")
+endif()
+file(GLOB_RECURSE _configs "${_prefix}/*/xpoConfig.cmake")
+if(NOT _configs)
+  message(FATAL_ERROR "the install did not put xpoConfig.cmake under ${_prefix}")
+endif()
+set(_launcher "")
+if(COMPILER_LAUNCHER)
+  set(_launcher "-DCMAKE_CXX_COMPILER_LAUNCHER=${COMPILER_LAUNCHER}")
+endif()
+run("${CMAKE_COMMAND}" -S "${CONSUMER_SOURCE_DIR}" -B "${_build}" -G Ninja "-DCMAKE_PREFIX_PATH=${_prefix}"
+    "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}" ${_launcher} -DCMAKE_BUILD_TYPE=Release)
+run("${CMAKE_COMMAND}" --build "${_build}")
+run("${_build}/xpo_consumer")

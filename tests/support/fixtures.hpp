@@ -1,0 +1,97 @@
+// Test support: where the reference fixtures are, and JSON -> tensor conversion.
+// The fixture folder comes from $XPO_FIXTURES_DIR (default: ../shared/fixtures next to the repository), so the
+// same tests run unchanged against another fixture set of the same schema. A missing fixture is a failure.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace xpo::test {
+
+inline std::filesystem::path fixtures_dir() {
+  if (const char* env = std::getenv("XPO_FIXTURES_DIR"); env != nullptr && *env != '\0') return env;
+  return XPO_DEFAULT_FIXTURES_DIR;
+}
+
+// Absolute path of a fixture file; throws (failing the test that asked) when it does not exist.
+inline std::filesystem::path fixture_path(const std::string& relative) {
+  const auto path = fixtures_dir() / relative;
+  if (!std::filesystem::exists(path)) {
+    throw std::runtime_error("fixture missing: " + path.string() +
+                             " (set XPO_FIXTURES_DIR to the fixtures folder; default ../shared/fixtures)");
+  }
+  return path;
+}
+
+// Every non-empty line of a JSONL fixture, parsed.
+inline std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open " + path.string());
+  std::vector<nlohmann::json> rows;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    rows.push_back(nlohmann::json::parse(line));
+  }
+  return rows;
+}
+
+namespace detail {
+inline void flatten(const nlohmann::json& j, std::vector<double>& values, std::vector<std::int64_t>& shape,
+                    std::size_t depth) {
+  if (j.is_array()) {
+    if (shape.size() == depth) shape.push_back(static_cast<std::int64_t>(j.size()));
+    if (shape[depth] != static_cast<std::int64_t>(j.size())) throw std::runtime_error("ragged JSON array");
+    for (const auto& e : j) flatten(e, values, shape, depth + 1);
+  } else if (j.is_boolean()) {
+    values.push_back(j.get<bool>() ? 1.0 : 0.0);
+  } else if (j.is_null()) {
+    values.push_back(std::nan(""));
+  } else {
+    values.push_back(j.get<double>());
+  }
+}
+}  // namespace detail
+
+// A (nested) JSON array of numbers or booleans -> tensor of `dtype` (null -> NaN).
+inline torch::Tensor to_tensor(const nlohmann::json& j, torch::ScalarType dtype) {
+  std::vector<double> values;
+  std::vector<std::int64_t> shape;
+  detail::flatten(j, values, shape, 0);
+  return torch::tensor(values, torch::kDouble).reshape(shape).to(dtype);
+}
+
+// |actual - expected| <= tol * (1 + |expected|) everywhere (an allclose with rtol = atol = tol), reported with
+// the worst element.
+inline ::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected, double tol) {
+  const auto a = actual.detach().to(torch::kDouble).cpu();
+  const auto e = expected.detach().to(torch::kDouble).cpu();
+  if (a.sizes() != e.sizes()) {
+    return ::testing::AssertionFailure() << "shape " << a.sizes() << " != expected " << e.sizes();
+  }
+  if (a.numel() == 0) return ::testing::AssertionSuccess();
+  const auto excess = (a - e).abs() - tol * (1 + e.abs());
+  const auto worst = excess.reshape({-1}).argmax().item<std::int64_t>();
+  if (excess.reshape({-1})[worst].item<double>() <= 0 && !a.isnan().any().item<bool>()) {
+    return ::testing::AssertionSuccess();
+  }
+  return ::testing::AssertionFailure() << "worst element (flat index " << worst << "): actual "
+                                       << a.reshape({-1})[worst].item<double>() << " vs expected "
+                                       << e.reshape({-1})[worst].item<double>() << ", tolerance " << tol
+                                       << " x (1 + |expected|)";
+}
+
+inline ::testing::AssertionResult all_close(const torch::Tensor& actual, const nlohmann::json& expected, double tol) {
+  return all_close(actual, to_tensor(expected, torch::kDouble), tol);
+}
+
+}  // namespace xpo::test
