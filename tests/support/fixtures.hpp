@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -70,6 +71,35 @@ inline torch::Tensor to_tensor(const nlohmann::json& j, torch::ScalarType dtype)
   return torch::tensor(values, torch::kDouble).reshape(shape).to(dtype);
 }
 
+// A [B][T] JSON array whose entries are either a [V] list or null (positions without a reference value) ->
+// {values [B, T, V] float64 (NaN where null), present [B, T] bool}. V comes from the first non-null entry.
+struct HoledTensor {
+  torch::Tensor values;
+  torch::Tensor present;
+};
+inline HoledTensor to_holed_tensor(const nlohmann::json& j) {
+  std::int64_t inner = -1;
+  for (const auto& row : j)
+    for (const auto& e : row)
+      if (!e.is_null()) {
+        inner = static_cast<std::int64_t>(e.is_array() ? e.size() : 1);
+        break;
+      }
+  if (inner < 0) throw std::runtime_error("holed array has no value at all");
+  const auto b = static_cast<std::int64_t>(j.size()), t = static_cast<std::int64_t>(j.at(0).size());
+  auto values = torch::full({b, t, inner}, std::nan(""), torch::kDouble);
+  auto present = torch::zeros({b, t}, torch::kBool);
+  for (std::int64_t r = 0; r < b; ++r) {
+    for (std::int64_t c = 0; c < t; ++c) {
+      const auto& e = j.at(static_cast<std::size_t>(r)).at(static_cast<std::size_t>(c));
+      if (e.is_null()) continue;
+      present[r][c] = true;
+      values[r][c] = to_tensor(e.is_array() ? e : nlohmann::json::array({e}), torch::kDouble);
+    }
+  }
+  return {values, present};
+}
+
 // |actual - expected| <= tol * (1 + |expected|) everywhere (an allclose with rtol = atol = tol), reported with
 // the worst element.
 inline ::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected, double tol) {
@@ -92,6 +122,33 @@ inline ::testing::AssertionResult all_close(const torch::Tensor& actual, const t
 
 inline ::testing::AssertionResult all_close(const torch::Tensor& actual, const nlohmann::json& expected, double tol) {
   return all_close(actual, to_tensor(expected, torch::kDouble), tol);
+}
+
+// max |actual - expected| <= tol (absolute; the models fixture states its tolerances this way).
+inline ::testing::AssertionResult max_abs_within(const torch::Tensor& actual, const torch::Tensor& expected, double tol) {
+  const auto a = actual.detach().to(torch::kDouble).cpu();
+  const auto e = expected.detach().to(torch::kDouble).cpu();
+  if (a.sizes() != e.sizes()) return ::testing::AssertionFailure() << "shape " << a.sizes() << " != expected " << e.sizes();
+  if (a.numel() == 0) return ::testing::AssertionFailure() << "nothing to compare";
+  const double worst = (a - e).abs().max().item<double>();
+  if (worst <= tol) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "max |difference| " << worst << " > tolerance " << tol;
+}
+
+// Subfolders of fixtures/models/ (every model the fixture set ships), sorted; fails when there is none.
+inline std::vector<std::filesystem::path> model_fixture_folders() {
+  std::vector<std::filesystem::path> out;
+  for (const auto& e : std::filesystem::directory_iterator(fixture_path("models")))
+    if (e.is_directory() && std::filesystem::exists(e.path() / "reference.json")) out.push_back(e.path());
+  std::sort(out.begin(), out.end());
+  if (out.empty()) throw std::runtime_error("no model folder with reference.json under " + fixture_path("models").string());
+  return out;
+}
+
+inline nlohmann::json read_json(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open " + path.string());
+  return nlohmann::json::parse(in);
 }
 
 }  // namespace xpo::test
