@@ -5,8 +5,19 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <cmath>
+#include <limits>
+#include <string>
+
 #define XPO_TORCH_VERSION_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+
+// LibTorch 2.0 added the fused scaled-dot-product attention kernel (flash / memory-efficient on CUDA).
+#if XPO_TORCH_VERSION_AT_LEAST(2, 0)
+#define XPO_HAS_FUSED_SDPA 1
+#else
+#define XPO_HAS_FUSED_SDPA 0
+#endif
 
 namespace xpo::compat {
 
@@ -17,6 +28,41 @@ inline constexpr int torch_minor = TORCH_VERSION_MINOR;
 inline std::string torch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
          std::to_string(TORCH_VERSION_PATCH);
+}
+
+// Grouped-query attention as Hugging Face's eager Qwen2/Llama attention computes it:
+// softmax(q k^T / sqrt(D) + mask) v, softmax in float32, query head h reading KV head h / (H / Hkv).
+// q [B, H, Tq, D], k/v [B, Hkv, Tk, D], additive_mask [B, 1, Tq, Tk] in q's dtype (0 or the lowest finite value)
+// -> [B, H, Tq, D]. 2.x: the fused kernel. 1.13: the plain kernel, which groups the query heads of each KV head
+// instead of materialising repeated K/V.
+inline torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                             const torch::Tensor& additive_mask, double dropout_p) {
+  const auto b = q.size(0), h = q.size(1), tq = q.size(2), d = q.size(3);
+  const auto hkv = k.size(1), tk = k.size(2);
+  const auto group = h / hkv;
+#if XPO_HAS_FUSED_SDPA
+  const auto k_all = group == 1 ? k : k.repeat_interleave(group, 1);
+  const auto v_all = group == 1 ? v : v.repeat_interleave(group, 1);
+  return at::scaled_dot_product_attention(q, k_all, v_all, additive_mask, dropout_p);
+#else
+  const auto qg = q.reshape({b, hkv, group * tq, d});                                 // [B, Hkv, r*Tq, D]
+  auto scores = torch::matmul(qg, k.transpose(-2, -1)).div_(std::sqrt(static_cast<double>(d)));  // [B, Hkv, r*Tq, Tk]
+  scores = scores.view({b, hkv, group, tq, tk}).add_(additive_mask.unsqueeze(1));     // mask [B, 1, 1, Tq, Tk]
+  auto probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+  if (dropout_p > 0) probs = torch::dropout(probs, dropout_p, /*train=*/true);
+  return torch::matmul(probs.view({b, hkv, group * tq, tk}), v).view({b, h, tq, d});
+#endif
+}
+
+// The lowest finite value of a floating dtype: what a masked attention score gets (Hugging Face's finfo.min).
+// Finite, so a fully masked (padding) query row gives a finite, ignored output instead of NaN.
+inline double lowest_finite(torch::ScalarType type) {
+  switch (type) {
+    case torch::kHalf: return -65504.0;
+    case torch::kBFloat16: return -3.3895313892515355e38;
+    case torch::kDouble: return std::numeric_limits<double>::lowest();
+    default: return std::numeric_limits<float>::lowest();
+  }
 }
 
 }  // namespace xpo::compat

@@ -1,0 +1,103 @@
+// xpo/models/causal_lm.hpp — Qwen2ForCausalLM / LlamaForCausalLM: the decoder stack plus an LM head (tied to
+// the embedding when tie_word_embeddings). Satisfies xpo::CausalLanguageModel.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "xpo/core/concepts.hpp"
+#include "xpo/io/hf_config.hpp"
+#include "xpo/models/decoder.hpp"
+#include "xpo/models/layers.hpp"
+#include "xpo/models/lora.hpp"
+
+namespace xpo::models {
+
+// Hugging Face's initialisation (normal(0, initializer_range), zero biases, unit norms) for every parameter
+// of `module` except LoRA adapters. Models loaded from a checkpoint skip it.
+inline void init_weights(torch::nn::Module& module, double std_dev = 0.02) {
+  torch::NoGradGuard no_grad;
+  for (const auto& p : module.named_parameters()) {
+    const auto& name = p.key();
+    if (name.find("lora_") != std::string::npos) continue;
+    if (name.find("norm") != std::string::npos) {
+      p.value().fill_(1.0);
+    } else if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) {
+      p.value().zero_();
+    } else {
+      p.value().normal_(0.0, std_dev);
+    }
+  }
+}
+
+class CausalLMImpl : public torch::nn::Module {
+ public:
+  explicit CausalLMImpl(io::ModelConfig config) : config_(std::move(config)) {
+    model = register_module("model", DecoderModel(config_));
+    if (!config_.tie_word_embeddings) lm_head = register_module("lm_head", Linear(config_.hidden_size, config_.vocab_size, false));
+  }
+
+  // ids, attention_mask, position_ids [B, T] -> logits [B, T, V] (float32 for 16-bit models, as transformers)
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                        const torch::Tensor& position_ids) {
+    return head(model->forward(input_ids, attention_mask, position_ids, nullptr));
+  }
+
+  // Incremental: ids [B, T] new tokens, attention_mask [B, cache.length + T], position_ids [B, T]. Returns
+  // logits [B, T, V], or [B, 1, V] for the last position only when `last_only` (what decoding needs).
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                        const torch::Tensor& position_ids, KVCache& cache, bool last_only = false) {
+    auto hidden = model->forward(input_ids, attention_mask, position_ids, &cache);
+    if (last_only) hidden = hidden.narrow(1, hidden.size(1) - 1, 1);
+    return head(hidden);
+  }
+
+  // hidden [B, T, H] -> logits [B, T, V]
+  torch::Tensor head(const torch::Tensor& hidden) {
+    auto logits = lm_head ? lm_head(hidden) : torch::nn::functional::linear(hidden, model->embed_tokens->weight);
+    const auto t = logits.scalar_type();
+    return t == torch::kHalf || t == torch::kBFloat16 ? logits.to(torch::kFloat) : logits;
+  }
+
+  [[nodiscard]] KVCache make_cache(std::int64_t batch, std::int64_t capacity) const { return model->make_cache(batch, capacity); }
+
+  // LoRA: adapters on options.target_modules; every other weight frozen. The LM head and embeddings stay frozen.
+  void enable_lora(const LoRAOptions& options) {
+    TORCH_CHECK(!lora_, "LoRA is already enabled");
+    if (attach_lora(*model, options, adapter_switch_) == 0) throw ConfigError("LoRA: no layer matched lora_target_modules");
+    if (lm_head) lm_head->weight.set_requires_grad(false);
+    lora_ = options;
+  }
+  [[nodiscard]] const std::optional<LoRAOptions>& lora() const { return lora_; }
+  // The switch behind every adapter; hold an AdaptersDisabled on it to run the base (reference) model.
+  [[nodiscard]] const std::shared_ptr<AdapterSwitch>& adapter_switch() const { return adapter_switch_; }
+
+  // What the optimizer updates: every parameter that requires grad (only the adapters under LoRA).
+  [[nodiscard]] std::vector<torch::Tensor> trainable_parameters() const {
+    std::vector<torch::Tensor> out;
+    for (const auto& p : parameters())
+      if (p.requires_grad()) out.push_back(p);
+    return out;
+  }
+
+  [[nodiscard]] std::int64_t vocab_size() const { return config_.vocab_size; }
+  [[nodiscard]] const io::ModelConfig& config() const { return config_; }
+  [[nodiscard]] torch::Device device() const { return model->embed_tokens->weight.device(); }
+  [[nodiscard]] torch::ScalarType dtype() const { return model->embed_tokens->weight.scalar_type(); }
+
+  DecoderModel model{nullptr};
+  Linear lm_head{nullptr};
+
+ private:
+  io::ModelConfig config_;
+  std::shared_ptr<AdapterSwitch> adapter_switch_ = std::make_shared<AdapterSwitch>();
+  std::optional<LoRAOptions> lora_;
+};
+TORCH_MODULE(CausalLM);
+
+static_assert(CausalLanguageModel<CausalLM>);
+
+}  // namespace xpo::models
