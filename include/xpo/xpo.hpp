@@ -9,6 +9,8 @@
 #include "xpo/core/tensor_ops.hpp"
 #include "xpo/core/types.hpp"
 #include "xpo/core/validation.hpp"
+#include "xpo/generation/generate.hpp"
+#include "xpo/generation/sampling.hpp"
 #include "xpo/io/checkpoint.hpp"
 #include "xpo/io/hf_config.hpp"
 #include "xpo/io/safetensors.hpp"

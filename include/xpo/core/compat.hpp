@@ -5,7 +5,10 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
 
@@ -52,6 +55,16 @@ inline torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch
   if (dropout_p > 0) probs = torch::dropout(probs, dropout_p, /*train=*/true);
   return torch::matmul(probs.view({b, hkv, group * tq, tk}), v).view({b, h, tq, d});
 #endif
+}
+
+// A random-number generator of its own for `device`, seeded: sampling streams that do not disturb each other or
+// the global generator (the policy and the reference each get one). CPU directly; other devices by cloning the
+// device's default generator through ATen's hooks, so no CUDA header is needed here.
+inline at::Generator make_generator(torch::Device device, std::uint64_t seed) {
+  at::Generator gen = device.is_cpu() ? at::detail::createCPUGenerator(seed)
+                                      : at::globalContext().defaultGenerator(device).clone();
+  gen.set_current_seed(seed);
+  return gen;
 }
 
 // The lowest finite value of a floating dtype: what a masked attention score gets (Hugging Face's finfo.min).

@@ -1,0 +1,160 @@
+// xpo/generation/generate.hpp — batched sampling from left-padded prompts (ALGORITHM.md §1.2): one completion
+// per prompt, under inference mode with dropout off, with a KV cache preallocated for prompt + max_new_tokens.
+// Finished rows emit pad; once enough rows have finished, the batch is compacted so they stop costing work,
+// and decoding stops when every row is done.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <type_traits>
+#include <utility>
+#include <string>
+#include <vector>
+
+#include "xpo/core/concepts.hpp"
+#include "xpo/core/errors.hpp"
+#include "xpo/core/tensor_ops.hpp"
+#include "xpo/generation/sampling.hpp"
+
+namespace xpo::generation {
+
+template <class M>
+using cache_t = decltype(unwrap(std::declval<M&>()).make_cache(std::int64_t{}, std::int64_t{}));
+
+// A model the sampler can decode incrementally: make_cache(B, capacity) and forward(ids, mask, pos, cache, last).
+// Other causal LMs are decoded by recomputing the whole sequence at every step.
+template <class M>
+concept IncrementalLanguageModel =
+    CausalLanguageModel<M> && requires { typename cache_t<M>; } &&
+    requires(M& m, const torch::Tensor& t, cache_t<M>& cache) {
+      { unwrap(m).forward(t, t, t, cache, true) } -> std::same_as<torch::Tensor>;
+      cache.select_rows(t);
+    };
+
+struct Generation {
+  torch::Tensor completion_ids;   // [B, T] int64, pad after the first EOS (T <= max_new_tokens)
+  torch::Tensor completion_mask;  // [B, T] int64, 1 up to and including the first EOS
+  torch::Tensor contains_eos;     // [B] bool
+  torch::Tensor token_logprobs;   // [B, T] raw-model log-prob of each generated token (0 where mask is 0)
+};
+
+// Called after every decoding step with that step's token per ORIGINAL row ([B] int64 on the CPU, pad for rows
+// already finished) and which rows are finished ([B] bool, CPU). Used for streaming output.
+using TokenCallback = std::function<void(std::int64_t step, const torch::Tensor& tokens, const torch::Tensor& finished)>;
+
+namespace detail {
+template <class M>
+std::optional<std::int64_t> context_length(M& model) {
+  if constexpr (requires { unwrap(model).config().max_position_embeddings; }) {
+    return unwrap(model).config().max_position_embeddings;
+  } else {
+    return std::nullopt;
+  }
+}
+}  // namespace detail
+
+// prompt_ids, prompt_mask [B, P] (left-padded) -> Generation. `gen` is this model's own random stream.
+template <CausalLanguageModel M>
+Generation generate(M& model, const torch::Tensor& prompt_ids, const torch::Tensor& prompt_mask,
+                    const SamplingOptions& options, at::Generator& gen, const TokenCallback& on_token = {}) {
+  options.validate();
+  const auto b = prompt_ids.size(0), p = prompt_ids.size(1);
+  const auto device = prompt_ids.device();
+  const auto prompt_lengths = prompt_mask.sum(-1);  // [B]
+  if (const auto context = detail::context_length(model)) {
+    const auto longest = prompt_lengths.max().template item<std::int64_t>();
+    if (longest + options.max_new_tokens > *context) {
+      const auto row = prompt_lengths.argmax().template item<std::int64_t>();
+      throw Error("prompt row " + std::to_string(row) + " has " + std::to_string(longest) + " tokens; with max_new_tokens = " +
+                  std::to_string(options.max_new_tokens) + " it needs " + std::to_string(longest + options.max_new_tokens) +
+                  " positions, more than the model's context of " + std::to_string(*context));
+    }
+  }
+  auto& m = unwrap(model);
+  struct RestoreMode {  // dropout off while sampling; the caller's mode back afterwards, even on error
+    decltype(m)& module;
+    bool was_training;
+    ~RestoreMode() { module.train(was_training); }
+  } restore{m, m.is_training()};
+  m.train(false);
+  constexpr bool incremental = IncrementalLanguageModel<M>;
+  const bool cached = incremental && options.use_cache;
+  std::vector<torch::Tensor> step_tokens, step_logprobs;  // each [B] in original row order
+  {
+    c10::InferenceMode inference;
+    const auto eos = torch::tensor(options.eos_token_ids, torch::kLong).to(device);
+    auto finished = torch::zeros({b}, torch::TensorOptions(device).dtype(torch::kBool));
+    auto rows = torch::arange(b, torch::TensorOptions(device).dtype(torch::kLong));  // active row -> original row
+    auto mask = prompt_mask.to(torch::kLong);                                         // [B', P + s]
+    auto next_position = prompt_lengths.to(torch::kLong);  // [B'] position of the next token (n + s)
+    auto all_ids = prompt_ids;                             // [B', P + s], the recompute path only
+
+    // Prefill: the prompt in one pass; decoding then feeds one token per row per step.
+    std::optional<std::conditional_t<incremental, cache_t<M>, int>> cache;
+    torch::Tensor logits;  // [B', V] next-token logits of the active rows
+    const auto prompt_positions = position_ids_from_mask(mask);
+    if constexpr (incremental) {
+      if (cached) {
+        cache.emplace(m.make_cache(b, p + options.max_new_tokens));
+        logits = m.forward(prompt_ids, mask, prompt_positions, *cache, /*last_only=*/true).select(1, 0);
+      }
+    }
+    if (!cached) logits = m.forward(prompt_ids, mask, prompt_positions).select(1, -1);
+
+    for (std::int64_t step = 0; step < options.max_new_tokens; ++step) {
+      auto token = sample_next(logits, options, gen);           // [B']
+      auto logprob = selective_log_softmax(logits, token);      // [B'] under the raw distribution
+      const auto done_before = finished.index_select(0, rows);  // [B']
+      token = token.masked_fill(done_before, options.pad_token_id);
+      logprob = logprob.masked_fill(done_before, 0.0);
+      const auto full_token = torch::full({b}, options.pad_token_id, token.options()).index_copy(0, rows, token);
+      step_tokens.push_back(full_token);
+      step_logprobs.push_back(torch::zeros({b}, logprob.options()).index_copy(0, rows, logprob));
+      finished.index_copy_(0, rows, done_before.logical_or(torch::isin(token, eos)));
+      if (on_token) on_token(step, full_token.cpu(), finished.cpu());
+      if (step + 1 == options.max_new_tokens || finished.all().template item<bool>()) break;
+
+      // Drop finished rows once they are a quarter of the active batch: they stop costing work.
+      const auto active = finished.index_select(0, rows).logical_not();
+      if (active.sum().template item<std::int64_t>() * 4 <= rows.size(0) * 3) {
+        const auto keep = active.nonzero().squeeze(-1);
+        rows = rows.index_select(0, keep);
+        token = token.index_select(0, keep);
+        mask = mask.index_select(0, keep);
+        next_position = next_position.index_select(0, keep);
+        all_ids = all_ids.index_select(0, keep);
+        if constexpr (incremental) {
+          if (cache) cache->select_rows(keep);
+        }
+      }
+      mask = torch::cat({mask, torch::ones({mask.size(0), 1}, mask.options())}, 1);
+      bool decoded = false;
+      if constexpr (incremental) {
+        if (cache) {
+          logits = m.forward(token.unsqueeze(1), mask, next_position.unsqueeze(1), *cache).select(1, 0);
+          decoded = true;
+        }
+      }
+      if (!decoded) {
+        all_ids = torch::cat({all_ids, token.unsqueeze(1)}, 1);
+        logits = m.forward(all_ids, mask, position_ids_from_mask(mask)).select(1, -1);
+      }
+      next_position = next_position + 1;
+    }
+  }
+
+  // Outside inference mode, and cloned: the trainer uses these ids under autograd.
+  const auto raw = torch::stack(step_tokens, 1).clone();  // [B, T]
+  auto out = truncate_after_eos(raw, options.eos_token_ids, options.pad_token_id);
+  Generation g;
+  g.contains_eos = is_any_of(out.ids, options.eos_token_ids).logical_and(out.mask.ne(0)).any(-1);
+  g.completion_ids = out.ids;
+  g.completion_mask = out.mask;
+  g.token_logprobs = torch::stack(step_logprobs, 1).clone().masked_fill(out.mask.eq(0), 0.0);
+  return g;
+}
+
+}  // namespace xpo::generation

@@ -1,0 +1,205 @@
+// xpo/generation: greedy decoding equals transformers' generate() on every fixture model; sampling is seeded,
+// reduces to greedy in the limits, and draws from softmax(logits / temperature) (a chi-square test).
+#include <gtest/gtest.h>
+
+#include <xpo/generation/generate.hpp>
+#include <xpo/models/pretrained.hpp>
+
+#include <cmath>
+
+#include "support/fixtures.hpp"
+
+namespace {
+
+using nlohmann::json;
+using xpo::test::to_tensor;
+
+std::vector<std::filesystem::path> causal_folders() {
+  std::vector<std::filesystem::path> out;
+  for (const auto& f : xpo::test::model_fixture_folders())
+    if (!xpo::io::ModelConfig::load(f).is_sequence_classifier()) out.push_back(f);
+  if (out.empty()) throw std::runtime_error("no causal LM among the fixture models");
+  return out;
+}
+
+xpo::generation::SamplingOptions greedy_options(const json& g) {
+  xpo::generation::SamplingOptions o;
+  o.temperature = 0;
+  o.max_new_tokens = g.at("max_new_tokens").get<std::int64_t>();
+  o.eos_token_ids = {g.at("eos_token_id").get<std::int64_t>()};
+  o.pad_token_id = g.at("pad_token_id").get<std::int64_t>();
+  return o;
+}
+
+// The generated tokens right-padded to max_new_tokens (decoding stops early when every row is done).
+torch::Tensor padded(const torch::Tensor& ids, std::int64_t width, std::int64_t pad) { return xpo::pad_right_to(ids, width, pad); }
+
+TEST(Generate, GreedyEqualsTransformersWithAndWithoutCache) {
+  for (const auto& folder : causal_folders()) {
+    SCOPED_TRACE(folder.string());
+    auto model = xpo::models::load_causal_lm(folder);
+    const auto reference = xpo::test::read_json(folder / "reference.json");
+    const auto& g = reference.at("greedy");
+    auto options = greedy_options(g);
+    auto gen = xpo::compat::make_generator(torch::kCPU, 0);
+    for (bool use_cache : {true, false}) {
+      SCOPED_TRACE(use_cache ? "KV cache" : "full recompute");
+      options.use_cache = use_cache;
+      const auto out = xpo::generation::generate(model, to_tensor(g.at("input_ids"), torch::kLong),
+                                                 to_tensor(g.at("attention_mask"), torch::kLong), options, gen);
+      const auto expected = to_tensor(g.at("new_tokens"), torch::kLong);
+      EXPECT_TRUE(padded(out.completion_ids, options.max_new_tokens, options.pad_token_id).equal(expected))
+          << out.completion_ids << "\nvs\n" << expected;
+      // Log-probs of the chosen tokens where the reference has them (1e-4), and every EOS row flagged.
+      const auto ref_logps = xpo::test::to_holed_tensor(g.at("new_token_logprobs"));
+      const auto ours = padded(out.token_logprobs, options.max_new_tokens, 0).unsqueeze(-1);
+      EXPECT_TRUE(xpo::test::max_abs_within(ours.index({ref_logps.present}), ref_logps.values.index({ref_logps.present}), 1e-4));
+      EXPECT_TRUE(out.contains_eos.equal(expected.eq(options.eos_token_ids[0]).any(-1)));
+      EXPECT_TRUE(out.completion_mask.sum(-1).equal(ref_logps.present.sum(-1).to(torch::kLong)))
+          << "mask covers exactly the tokens up to and including EOS";
+    }
+  }
+}
+
+TEST(Generate, SeededSamplingRepeatsAndSeparateStreamsDiffer) {
+  auto model = xpo::models::load_causal_lm(causal_folders().front());
+  const auto reference = xpo::test::read_json(causal_folders().front() / "reference.json");
+  const auto& g = reference.at("greedy");
+  auto options = greedy_options(g);
+  options.temperature = 1.0;
+  const auto ids = to_tensor(g.at("input_ids"), torch::kLong), mask = to_tensor(g.at("attention_mask"), torch::kLong);
+  auto run = [&](std::uint64_t seed) {
+    auto gen = xpo::compat::make_generator(torch::kCPU, seed);
+    return xpo::generation::generate(model, ids, mask, options, gen).completion_ids;
+  };
+  EXPECT_TRUE(run(7).equal(run(7)));
+  EXPECT_FALSE(run(7).equal(run(8))) << "two seeds giving identical samples over all rows is vanishingly unlikely";
+  // A private stream leaves the global generator alone.
+  torch::manual_seed(3);
+  const auto before = torch::rand({4});
+  torch::manual_seed(3);
+  (void)run(11);
+  EXPECT_TRUE(torch::rand({4}).equal(before));
+}
+
+TEST(Generate, TemperatureToZeroAndTopKOneAreGreedy) {
+  for (const auto& folder : causal_folders()) {
+    SCOPED_TRACE(folder.string());
+    auto model = xpo::models::load_causal_lm(folder);
+    const auto reference = xpo::test::read_json(folder / "reference.json");
+    const auto& g = reference.at("greedy");
+    const auto ids = to_tensor(g.at("input_ids"), torch::kLong), mask = to_tensor(g.at("attention_mask"), torch::kLong);
+    auto options = greedy_options(g);
+    auto gen = xpo::compat::make_generator(torch::kCPU, 5);
+    const auto greedy = xpo::generation::generate(model, ids, mask, options, gen).completion_ids;
+    // The smallest top-2 logit gap in the fixture divided by 1e-5 makes the runner-up e^-400 times less likely.
+    options.temperature = 1e-5;
+    EXPECT_TRUE(xpo::generation::generate(model, ids, mask, options, gen).completion_ids.equal(greedy));
+    options.temperature = 1.5;
+    options.top_k = 1;
+    EXPECT_TRUE(xpo::generation::generate(model, ids, mask, options, gen).completion_ids.equal(greedy));
+  }
+}
+
+// Wilson–Hilferty approximation of the chi-square quantile with `df` degrees of freedom at upper tail z.
+double chi_square_quantile(double df, double z) {
+  const double a = 2.0 / (9.0 * df);
+  return df * std::pow(1 - a + z * std::sqrt(a), 3);
+}
+
+// Counts of the first sampled token vs the expected multinomial: chi-square over bins with expected count >= 5
+// (the rest pooled). False-alarm rate per check: 1e-4 (z = 3.719); three checks, so below 3e-4 per run.
+void expect_distribution(const torch::Tensor& samples, const torch::Tensor& probs, const std::string& what) {
+  const auto n = static_cast<double>(samples.numel());
+  const auto counts = torch::bincount(samples, {}, probs.size(0)).to(torch::kDouble);
+  const auto expected = probs.to(torch::kDouble) * n;
+  const auto big = expected.ge(5.0);
+  const auto pooled_expected = expected.masked_select(big.logical_not()).sum();
+  const auto pooled_count = counts.masked_select(big.logical_not()).sum();
+  auto chi2 = ((counts.masked_select(big) - expected.masked_select(big)).square() / expected.masked_select(big)).sum().item<double>();
+  double bins = big.sum().item<double>();
+  if (pooled_expected.item<double>() >= 5.0) {
+    chi2 += std::pow(pooled_count.item<double>() - pooled_expected.item<double>(), 2) / pooled_expected.item<double>();
+    bins += 1;
+  }
+  EXPECT_EQ(counts.masked_select(probs.eq(0)).sum().item<double>(), 0.0) << what << ": a filtered token was drawn";
+  ASSERT_GE(bins, 3) << what;
+  EXPECT_LT(chi2, chi_square_quantile(bins - 1, 3.719)) << what << ": chi2 " << chi2 << " over " << bins << " bins";
+}
+
+TEST(Generate, SamplesFollowTheProcessedDistribution) {
+  auto model = xpo::models::load_causal_lm(causal_folders().front());
+  const std::int64_t copies = 12000;
+  const auto prompt = torch::tensor({{5, 17, 42, 9}}, torch::kLong);
+  const auto ids = prompt.expand({copies, 4}).contiguous();
+  const auto mask = torch::ones_like(ids);
+  torch::Tensor logits;
+  {
+    torch::NoGradGuard no_grad;
+    logits = model->forward(prompt, torch::ones_like(prompt), xpo::position_ids_from_mask(torch::ones_like(prompt))).select(1, -1);
+  }
+  xpo::generation::SamplingOptions options;
+  options.max_new_tokens = 1;
+  options.eos_token_ids = {2};
+  auto gen = xpo::compat::make_generator(torch::kCPU, 1234);
+  for (auto [temperature, top_k, top_p] : {std::tuple{0.7, std::int64_t{0}, 1.0}, std::tuple{1.3, std::int64_t{20}, 1.0},
+                                           std::tuple{1.0, std::int64_t{0}, 0.8}}) {
+    options.temperature = temperature;
+    options.top_k = top_k;
+    options.top_p = top_p;
+    // The expected distribution, built independently of process_logits: softmax(logits / T), restricted to the
+    // k most likely tokens, or to the most likely tokens whose preceding mass is below top_p, renormalised.
+    const auto base = (logits.squeeze(0).to(torch::kDouble) / temperature).softmax(-1);  // [V]
+    auto keep = torch::ones_like(base, torch::kBool);
+    if (top_k > 0) keep = torch::zeros_like(keep).index_fill(0, std::get<1>(base.topk(top_k)), true);
+    if (top_p < 1) {
+      const auto [sorted, order] = base.sort(-1, /*descending=*/true);
+      const auto mass_before = sorted.cumsum(0) - sorted;
+      keep = torch::zeros_like(keep).index_fill(0, order.masked_select(mass_before.lt(top_p)), true);
+    }
+    const auto expected = base * keep / (base * keep).sum();
+    EXPECT_TRUE(xpo::test::max_abs_within(xpo::generation::process_logits(logits, options).softmax(-1).squeeze(0), expected, 1e-6))
+        << "process_logits";
+    const auto out = xpo::generation::generate(model, ids, mask, options, gen);
+    expect_distribution(out.completion_ids.select(1, 0), expected,
+                        "temperature " + std::to_string(temperature) + " top_k " + std::to_string(top_k) + " top_p " + std::to_string(top_p));
+  }
+}
+
+TEST(Generate, StreamingCallbackSeesEveryStep) {
+  auto model = xpo::models::load_causal_lm(causal_folders().front());
+  const auto reference = xpo::test::read_json(causal_folders().front() / "reference.json");
+  const auto& g = reference.at("greedy");
+  auto options = greedy_options(g);
+  auto gen = xpo::compat::make_generator(torch::kCPU, 0);
+  std::vector<torch::Tensor> streamed;
+  const auto out = xpo::generation::generate(model, to_tensor(g.at("input_ids"), torch::kLong), to_tensor(g.at("attention_mask"), torch::kLong),
+                                             options, gen, [&](std::int64_t step, const torch::Tensor& tokens, const torch::Tensor&) {
+                                               EXPECT_EQ(step, static_cast<std::int64_t>(streamed.size()));
+                                               streamed.push_back(tokens);
+                                             });
+  ASSERT_EQ(static_cast<std::int64_t>(streamed.size()), out.completion_ids.size(1));
+  EXPECT_TRUE(torch::stack(streamed, 1).equal(out.completion_ids));
+}
+
+TEST(Generate, PromptThatLeavesNoRoomIsAnErrorNamingTheRow) {
+  auto model = xpo::models::load_causal_lm(causal_folders().front());
+  const auto context = model->config().max_position_embeddings;
+  const auto ids = torch::full({2, 8}, 5, torch::kLong);
+  auto mask = torch::ones_like(ids);
+  mask[0].narrow(0, 0, 4).zero_();  // row 0 is shorter
+  xpo::generation::SamplingOptions options;
+  options.eos_token_ids = {2};
+  options.max_new_tokens = context - 7;  // row 1 (8 tokens) needs context + 1 positions
+  auto gen = xpo::compat::make_generator(torch::kCPU, 0);
+  try {
+    (void)xpo::generation::generate(model, ids, mask, options, gen);
+    FAIL() << "must throw";
+  } catch (const xpo::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("prompt row 1 has 8 tokens"), std::string::npos) << e.what();
+  }
+  options.max_new_tokens = context - 8;
+  EXPECT_NO_THROW((void)xpo::generation::generate(model, ids, mask, options, gen));
+}
+
+}  // namespace
