@@ -5,9 +5,11 @@
 #include <xpo/io/checkpoint.hpp>
 #include <xpo/io/hf_config.hpp>
 #include <xpo/io/safetensors.hpp>
+#include <xpo/models/layers.hpp>
 
 #include <unistd.h>
 
+#include <cmath>
 #include <fstream>
 
 #include "support/fixtures.hpp"
@@ -180,6 +182,30 @@ TEST(HfConfig, Llama3RopeScalingAndEosLists) {
   auto missing = j;
   missing["rope_scaling"].erase("original_max_position_embeddings");
   EXPECT_THROW(xpo::io::ModelConfig::from_json(missing), xpo::FileError);
+
+  // The scaled frequencies against a scalar re-derivation of Meta's llama3 rule in double precision (1e-6
+  // relative: the tensors are float32): long wavelengths / factor, short ones kept, a smooth band between.
+  const auto inv_freq = xpo::models::rotary_inverse_frequencies(c);
+  const double pi = 3.14159265358979323846;
+  const double low_wavelen = 64 / 1.0, high_wavelen = 64 / 4.0;
+  std::size_t scaled = 0, kept = 0, smoothed = 0;
+  for (std::int64_t i = 0; i < c.head_dim / 2; ++i) {
+    const double f = 1.0 / std::pow(500000.0, 2.0 * static_cast<double>(i) / static_cast<double>(c.head_dim));
+    const double wavelen = 2 * pi / f;
+    double expected = f;
+    if (wavelen > low_wavelen) {
+      expected = f / 8.0;
+      ++scaled;
+    } else if (wavelen >= high_wavelen) {
+      const double smooth = (64 / wavelen - 1.0) / (4.0 - 1.0);
+      expected = (1 - smooth) * f / 8.0 + smooth * f;
+      ++smoothed;
+    } else {
+      ++kept;
+    }
+    EXPECT_NEAR(inv_freq[i].item<double>(), expected, 1e-6 * expected) << "frequency " << i;
+  }
+  EXPECT_GT(scaled * kept * smoothed, 0u) << "the test config must exercise all three bands";
 }
 
 }  // namespace

@@ -89,6 +89,17 @@ class TensorStore {
                                    torch::Device device) const {
     return file_of(name).load(name, dtype, device);
   }
+  // Into `dst` in place: bytes straight into its memory when it is a contiguous CPU tensor of the stored dtype,
+  // otherwise read, convert and copy.
+  void load_into(const std::string& name, torch::Tensor& dst) const {
+    const auto& f = file_of(name);
+    const auto& e = f.entry(name);
+    if (dst.device().is_cpu() && dst.is_contiguous() && dst.scalar_type() == e.dtype.type) {
+      f.read_into(name, dst);
+    } else {
+      dst.copy_(f.load(name, dst.scalar_type(), dst.device()));
+    }
+  }
   [[nodiscard]] std::uint64_t total_bytes() const {
     std::uint64_t n = 0;
     for (const auto& f : files_)

@@ -80,6 +80,10 @@ class SafetensorsFile {
   [[nodiscard]] bool contains(const std::string& name) const { return index_.count(name) != 0; }
   [[nodiscard]] const SafetensorsEntry& entry(const std::string& name) const;
 
+  // Read the tensor's bytes straight into `dst` (a contiguous CPU tensor of the stored dtype and shape): the
+  // one-pass path for loading weights. Other destinations go through load() + copy_().
+  void read_into(const std::string& name, torch::Tensor& dst) const;
+
   // The tensor as stored, then converted to `dtype` (if given) and moved to `device`. Widening BF16/F16 to F32
   // is exact.
   [[nodiscard]] torch::Tensor load(const std::string& name, std::optional<torch::ScalarType> dtype = std::nullopt,
@@ -213,6 +217,15 @@ inline torch::Tensor SafetensorsFile::load(const std::string& name, std::optiona
                                            torch::Device device) const {
   const auto& e = entry(name);
   auto tensor = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype.type));
+  read_into(name, tensor);
+  return tensor.to(device, dtype.value_or(e.dtype.type));
+}
+
+inline void SafetensorsFile::read_into(const std::string& name, torch::Tensor& tensor) const {
+  const auto& e = entry(name);
+  TORCH_CHECK(tensor.device().is_cpu() && tensor.is_contiguous() && tensor.scalar_type() == e.dtype.type &&
+                  tensor.sizes().vec() == e.shape,
+              "read_into: the destination of \"", name, "\" must be a contiguous CPU tensor of its stored dtype and shape");
   std::ifstream in(path_, std::ios::binary);
   if (!in) fail("cannot open the file to read tensor \"" + name + "\"");
   in.seekg(static_cast<std::streamoff>(data_start_ + e.begin));
@@ -220,7 +233,6 @@ inline torch::Tensor SafetensorsFile::load(const std::string& name, std::optiona
   if (!in) fail("tensor \"" + name + "\": the file ended while reading its bytes (changed since it was opened?)");
   if (e.dtype.type == torch::kBool && tensor.view(torch::kByte).gt(1).any().item<bool>())
     fail("tensor \"" + name + "\": BOOL data holds bytes other than 0 and 1");
-  return tensor.to(device, dtype.value_or(e.dtype.type));
 }
 
 // Write `tensors` (any device, any supported dtype; stored as they are) to `path` with HF's metadata

@@ -113,7 +113,7 @@ TORCH_MODULE(DecoderLayer);
 class DecoderModelImpl : public torch::nn::Module {
  public:
   explicit DecoderModelImpl(const io::ModelConfig& c) : config_(c) {
-    embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+    embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size));
     layers = register_module("layers", torch::nn::ModuleList());
     for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) {
       blocks_.push_back(DecoderLayer(c));
@@ -172,7 +172,7 @@ class DecoderModelImpl : public torch::nn::Module {
   [[nodiscard]] const io::ModelConfig& config() const { return config_; }
   [[nodiscard]] const std::vector<DecoderLayer>& blocks() const { return blocks_; }
 
-  torch::nn::Embedding embed_tokens{nullptr};
+  Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RMSNorm norm{nullptr};
 

@@ -96,6 +96,17 @@ class LinearImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Linear);
 
+// Token embedding `weight` [V, H]. Allocated uninitialised like Linear (loading overwrites it; init_weights draws
+// it for a fresh model), unlike torch::nn::Embedding, which spends V x H normal draws on construction.
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(std::int64_t vocab, std::int64_t hidden) { weight = register_parameter("weight", torch::empty({vocab, hidden})); }
+  // ids [...] int64 -> [..., H]
+  torch::Tensor forward(const torch::Tensor& ids) { return torch::embedding(weight, ids); }
+  torch::Tensor weight;
+};
+TORCH_MODULE(Embedding);
+
 // Root-mean-square norm as Hugging Face computes it: in float32, then back to the input dtype, times weight.
 class RMSNormImpl : public torch::nn::Module {
  public:

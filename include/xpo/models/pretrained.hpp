@@ -67,7 +67,7 @@ inline void load_weights(torch::nn::Module& module, const io::TensorStore& store
                                   " but the model built from config.json expects " +
                                   nlohmann::json(p.value().sizes().vec()).dump());
     }
-    p.value().copy_(store.load(name, p.value().scalar_type(), p.value().device()));
+    store.load_into(name, p.value());
     used.insert(name);
   }
   if (!missing.empty()) throw FileError(source, "the checkpoint lacks tensors: " + detail::join_names(missing));
