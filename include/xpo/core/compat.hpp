@@ -40,14 +40,14 @@ inline std::string torch_version() {
 // instead of materialising repeated K/V.
 inline torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                              const torch::Tensor& additive_mask, double dropout_p) {
-  const auto b = q.size(0), h = q.size(1), tq = q.size(2), d = q.size(3);
-  const auto hkv = k.size(1), tk = k.size(2);
-  const auto group = h / hkv;
+  const auto group = q.size(1) / k.size(1);  // query heads per KV head
 #if XPO_HAS_FUSED_SDPA
   const auto k_all = group == 1 ? k : k.repeat_interleave(group, 1);
   const auto v_all = group == 1 ? v : v.repeat_interleave(group, 1);
   return at::scaled_dot_product_attention(q, k_all, v_all, additive_mask, dropout_p);
 #else
+  const auto b = q.size(0), h = q.size(1), tq = q.size(2), d = q.size(3);
+  const auto hkv = k.size(1), tk = k.size(2);
   const auto qg = q.reshape({b, hkv, group * tq, d});                                 // [B, Hkv, r*Tq, D]
   auto scores = torch::matmul(qg, k.transpose(-2, -1)).div_(std::sqrt(static_cast<double>(d)));  // [B, Hkv, r*Tq, Tk]
   scores = scores.view({b, hkv, group, tq, tk}).add_(additive_mask.unsqueeze(1));     // mask [B, 1, 1, Tq, Tk]
