@@ -3,6 +3,8 @@
 
 #include <xpo/core/config.hpp>
 
+#include "support/fixtures.hpp"
+
 #include <filesystem>
 #include <fstream>
 
@@ -141,18 +143,7 @@ TEST(XPOConfig, UpdateOverlaysAndLeavesTheConfigUntouchedOnError) {
   EXPECT_DOUBLE_EQ(c.learning_rate, 1e-6) << "a rejected update must not apply half of itself";
 }
 
-class XPOConfigFile : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("xpo-config-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::filesystem::path dir_;
-};
+using XPOConfigFile = xpo::test::ScratchDir;
 
 TEST_F(XPOConfigFile, SaveAndLoadRoundTrip) {
   xpo::XPOConfig c;

@@ -18,16 +18,8 @@ namespace {
 
 using nlohmann::json;
 
-class SafetensorsFiles : public ::testing::Test {
+class SafetensorsFiles : public xpo::test::ScratchDir {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("xpo-st-" + std::to_string(::getpid()) + "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
   // A file with the given header text (unpadded) and `data_bytes` bytes of data; `declared` overrides the length.
   std::filesystem::path write_raw(const std::string& header, std::size_t data_bytes, std::optional<std::uint64_t> declared = {}) {
     const auto path = dir_ / "raw.safetensors";
@@ -49,8 +41,6 @@ class SafetensorsFiles : public ::testing::Test {
     }
     return "";
   }
-
-  std::filesystem::path dir_;
 };
 
 TEST_F(SafetensorsFiles, RoundTripEveryDtype) {

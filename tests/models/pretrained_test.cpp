@@ -22,17 +22,7 @@ bool is_reward_model(const std::filesystem::path& folder) {
   return xpo::io::ModelConfig::load(folder).is_sequence_classifier();
 }
 
-class ScratchDir : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("xpo-models-" + std::to_string(::getpid()) + "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::filesystem::path dir_;
-};
+using xpo::test::ScratchDir;
 
 // Logits at every position the reference has, and the next-token log-probs.
 void check_causal_batches(xpo::models::CausalLM& model, const json& reference, const std::string& what) {

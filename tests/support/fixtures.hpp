@@ -16,7 +16,22 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 namespace xpo::test {
+
+// A fresh, empty directory per test (named after the process and the test), removed afterwards.
+class ScratchDir : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("xpo-test-" + std::to_string(::getpid()) + "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::filesystem::path dir_;
+};
 
 inline std::filesystem::path fixtures_dir() {
   if (const char* env = std::getenv("XPO_FIXTURES_DIR"); env != nullptr && *env != '\0') return env;
