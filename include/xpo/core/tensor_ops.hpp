@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "xpo/core/errors.hpp"
+#include "xpo/core/padding.hpp"
 
 namespace xpo {
 
@@ -163,8 +164,6 @@ inline torch::Tensor position_ids_from_mask(const torch::Tensor& mask) {
   auto m = mask.to(torch::kLong);
   return (m.cumsum(-1) - 1).masked_fill(m.eq(0), 1);
 }
-
-enum class PaddingSide { left, right };
 
 struct PaddedBatch {
   torch::Tensor ids;   // [B, W] int64

@@ -1,0 +1,296 @@
+// Tokenizer parity with Hugging Face `tokenizers`: every golden case of $XPO_FIXTURES_DIR/tokenizers/<family>/
+// (encode -> ids and tokens, decode with and without special tokens, decode-only cases), plus malformed files.
+#include <xpo/text/tokenizer.hpp>
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "support/fixtures.hpp"
+
+namespace {
+
+using xpo::text::TokenId;
+using xpo::text::Tokenizer;
+
+// Every tokenizer family folder of the fixture set that has golden cases.
+std::vector<std::filesystem::path> tokenizer_folders() {
+  const auto root = xpo::test::fixture_path("tokenizers");
+  std::vector<std::filesystem::path> folders;
+  for (const auto& e : std::filesystem::directory_iterator(root)) {
+    if (e.is_directory() && std::filesystem::exists(e.path() / "cases.jsonl")) folders.push_back(e.path());
+  }
+  std::sort(folders.begin(), folders.end());
+  return folders;
+}
+
+std::string window(const std::vector<TokenId>& v, std::size_t at) {
+  std::ostringstream s;
+  const std::size_t lo = at >= 4 ? at - 4 : 0;
+  for (std::size_t i = lo; i < std::min(v.size(), at + 5); ++i) s << (i == at ? "[" : "") << v[i] << (i == at ? "] " : " ");
+  return s.str();
+}
+
+// Exact vector equality, printing the first differing index and a window of both sides.
+::testing::AssertionResult same_ids(const std::string& id, const std::vector<TokenId>& got, const std::vector<TokenId>& want) {
+  if (got == want) return ::testing::AssertionSuccess();
+  std::size_t at = 0;
+  while (at < got.size() && at < want.size() && got[at] == want[at]) ++at;
+  return ::testing::AssertionFailure() << id << ": ids differ at index " << at << " (got " << got.size() << " ids, want "
+                                       << want.size() << ")\n  got:  " << window(got, at) << "\n  want: " << window(want, at);
+}
+
+const Tokenizer& load(const std::filesystem::path& folder) {
+  static std::map<std::string, Tokenizer> cache;
+  auto it = cache.find(folder.string());
+  if (it == cache.end()) it = cache.emplace(folder.string(), Tokenizer::from_pretrained(folder)).first;
+  return it->second;
+}
+
+TEST(TokenizerParity, FixtureFamiliesArePresent) {
+  // Both families the issue names must be there; a missing folder is a failure, not a skip.
+  for (const char* family : {"tokenizers/qwen/tokenizer.json", "tokenizers/gpt2/tokenizer.json"}) {
+    EXPECT_NO_THROW(xpo::test::fixture_path(family));
+  }
+  EXPECT_FALSE(tokenizer_folders().empty());
+}
+
+TEST(TokenizerParity, EncodeAndDecodeEveryCase) {
+  for (const auto& folder : tokenizer_folders()) {
+    const auto& tok = load(folder);
+    const auto cases = xpo::test::read_jsonl(folder / "cases.jsonl");
+    ASSERT_FALSE(cases.empty()) << folder;
+    for (const auto& c : cases) {
+      const auto id = c.at("id").get<std::string>();
+      const auto text = c.at("text").get<std::string>();
+      const auto want = c.at("ids").get<std::vector<TokenId>>();
+      const auto got = tok.encode(text, /*add_special_tokens=*/false);
+      EXPECT_TRUE(same_ids(id, got, want));
+      const auto tokens = c.at("tokens").get<std::vector<std::string>>();
+      ASSERT_EQ(tokens.size(), want.size()) << id;
+      for (std::size_t i = 0; i < want.size(); ++i) {
+        EXPECT_EQ(tok.id_to_token(want[i]).value_or("<none>"), tokens[i]) << id << " token " << i;
+        EXPECT_EQ(tok.token_to_id(tokens[i]).value_or(-1), want[i]) << id << " token " << i;
+      }
+      EXPECT_EQ(tok.decode(want), c.at("decoded").get<std::string>()) << id;
+      EXPECT_EQ(tok.decode(want, /*skip_special_tokens=*/true), c.at("decoded_skip_special").get<std::string>()) << id;
+    }
+  }
+}
+
+TEST(TokenizerParity, DecodeOnlyCases) {
+  for (const auto& folder : tokenizer_folders()) {
+    const auto path = folder / "decode_cases.jsonl";
+    ASSERT_TRUE(std::filesystem::exists(path)) << path;
+    const auto& tok = load(folder);
+    for (const auto& c : xpo::test::read_jsonl(path)) {
+      const auto id = c.at("id").get<std::string>();
+      const auto ids = c.at("ids").get<std::vector<TokenId>>();
+      EXPECT_EQ(tok.decode(ids), c.at("decoded").get<std::string>()) << id;
+      EXPECT_EQ(tok.decode(ids, true), c.at("decoded_skip_special").get<std::string>()) << id;
+      if (c.contains("tokens")) {
+        const auto tokens = c.at("tokens").get<std::vector<std::string>>();
+        for (std::size_t i = 0; i < ids.size() && i < tokens.size(); ++i) {
+          EXPECT_EQ(tok.id_to_token(ids[i]).value_or("<none>"), tokens[i]) << id << " token " << i;
+        }
+      }
+    }
+  }
+}
+
+// The encoder is deterministic and the merge cache does not change results: a second pass (all words cached),
+// a copy of the tokenizer, and the two-thread batch encoder all agree with the first pass.
+TEST(TokenizerParity, CacheCopiesAndBatchAgree) {
+  for (const auto& folder : tokenizer_folders()) {
+    const auto& tok = load(folder);
+    std::vector<std::string> texts;
+    std::vector<std::vector<TokenId>> first;
+    for (const auto& c : xpo::test::read_jsonl(folder / "cases.jsonl")) {
+      texts.push_back(c.at("text").get<std::string>());
+      first.push_back(tok.encode(texts.back(), false));
+    }
+    const Tokenizer copy = tok;
+    xpo::text::BatchEncodeOptions options;
+    options.pad = false;
+    options.threads = 2;
+    const auto batch = tok.encode_batch(texts, options);
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      EXPECT_EQ(tok.encode(texts[i], false), first[i]) << i;
+      EXPECT_EQ(copy.encode(texts[i], false), first[i]) << i;
+      EXPECT_EQ(batch.ids[i], first[i]) << i;
+    }
+  }
+}
+
+TEST(TokenizerBatch, PaddingAndTruncation) {
+  const auto& tok = load(xpo::test::fixture_path("tokenizers/qwen"));
+  const std::vector<std::string> texts = {"Hello world, this is a longer sentence.", "Hi"};
+  const auto a = tok.encode(texts[0], false), b = tok.encode(texts[1], false);
+  ASSERT_GT(a.size(), b.size() + 2);
+  const TokenId pad = *tok.special_tokens().pad_id;
+
+  xpo::text::BatchEncodeOptions left;
+  const auto l = tok.encode_batch(texts, left);
+  ASSERT_EQ(l.ids[1].size(), a.size());
+  EXPECT_EQ(l.ids[0], a);
+  EXPECT_EQ(std::vector<TokenId>(l.ids[1].end() - static_cast<std::ptrdiff_t>(b.size()), l.ids[1].end()), b);
+  EXPECT_EQ(l.ids[1].front(), pad);
+  EXPECT_EQ(l.attention_mask[1].front(), 0);
+  EXPECT_EQ(l.attention_mask[1].back(), 1);
+
+  xpo::text::BatchEncodeOptions right;
+  right.padding_side = xpo::PaddingSide::right;
+  right.max_length = 3;
+  const auto r = tok.encode_batch(texts, right);
+  EXPECT_EQ(r.ids[0], std::vector<TokenId>(a.begin(), a.begin() + 3));
+  EXPECT_EQ(r.ids[1].size(), 3U);
+  EXPECT_EQ(r.ids[1].back(), b.size() < 3 ? pad : b[2]);
+
+  right.truncation_side = xpo::PaddingSide::left;
+  const auto rl = tok.encode_batch(texts, right);
+  EXPECT_EQ(rl.ids[0], std::vector<TokenId>(a.end() - 3, a.end()));
+}
+
+// Special-token roles come from tokenizer_config.json, as transformers resolves them.
+TEST(TokenizerConfig, SpecialTokensAndTemplate) {
+  const auto folder = xpo::test::fixture_path("tokenizers/qwen");
+  const auto config = xpo::test::read_json(folder / "tokenizer_config.json");
+  const auto& tok = load(folder);
+  const auto& special = tok.special_tokens();
+  for (const char* role : {"eos_token", "pad_token", "bos_token"}) {
+    const auto& want = config.contains(role) ? config[role] : nlohmann::json();
+    const auto& got = std::string(role) == "eos_token" ? special.eos_token
+                      : std::string(role) == "pad_token" ? special.pad_token : special.bos_token;
+    if (want.is_null()) {
+      EXPECT_FALSE(got.has_value()) << role;
+    } else {
+      ASSERT_TRUE(got.has_value()) << role;
+      EXPECT_EQ(*got, want.is_string() ? want.get<std::string>() : want["content"].get<std::string>());
+    }
+  }
+  ASSERT_TRUE(special.eos_id.has_value());
+  EXPECT_EQ(tok.id_to_token(*special.eos_id), special.eos_token);
+  EXPECT_EQ(special.generation_eos_ids, std::vector<TokenId>{*special.eos_id});
+  ASSERT_TRUE(tok.chat_template().has_value());
+  EXPECT_EQ(*tok.chat_template(), config["chat_template"].get<std::string>());
+}
+
+// ---- properties that hold for any byte-level tokenizer (no golden values) --------------------------------------
+
+TEST(TokenizerProperties, RoundTripAndUnknownIds) {
+  for (const auto& folder : tokenizer_folders()) {
+    const auto& tok = load(folder);
+    // Byte-level BPE is lossless on NFC text without added tokens.
+    for (const std::string text : {"plain ascii", "tabs\tand\nnewlines  ", "日本語のテキスト", "emoji 🤗🤗", "x = f(y) // z"}) {
+      EXPECT_EQ(tok.decode(tok.encode(text, false)), text) << folder << ": " << text;
+    }
+    // Ids past the vocabulary and negative ids decode to nothing.
+    const auto ids = tok.encode("ab", false);
+    std::vector<TokenId> with_unknown = {static_cast<TokenId>(tok.vocab_size()) + 5, ids[0], -1};
+    with_unknown.insert(with_unknown.end(), ids.begin() + 1, ids.end());
+    EXPECT_EQ(tok.decode(with_unknown), "ab");
+    EXPECT_THROW((void)tok.encode(std::string("bad \xC3 utf8"), false), xpo::Error);
+  }
+}
+
+// \s must be Unicode White_Space (PCRE2 counts U+180E as a space; the reference does not).
+TEST(TokenizerProperties, WhitespaceClassIsUnicodeWhiteSpace) {
+  const xpo::text::Regex ws("\\s+");
+  const auto count = [&](const std::string& s) { return ws.find_all(s).size(); };
+  EXPECT_EQ(count("a\xE1\xA0\x8E" "b"), 0U);       // U+180E is not White_Space
+  EXPECT_EQ(count("a\xE3\x80\x80" "b"), 1U);       // U+3000 is
+  EXPECT_EQ(count("a\xC2\x85" "b"), 1U);           // U+0085 is
+  EXPECT_EQ(count("a\xE2\x80\x8B" "b"), 0U);       // U+200B is not
+  const xpo::text::Regex not_ws("[^\\s]+");
+  EXPECT_EQ(not_ws.find_all("x\xE1\xA0\x8Ey").size(), 1U);  // one run: U+180E is not a separator
+  const xpo::text::Regex lookahead("\\s+(?!\\S)");
+  EXPECT_EQ(lookahead.find_all("a   b").front().end - lookahead.find_all("a   b").front().begin, 2U);
+}
+
+TEST(TokenizerProperties, LossyUtf8IsMaximalSubpart) {
+  using xpo::text::utf8_lossy;
+  const std::string fffd = "\xEF\xBF\xBD";
+  EXPECT_EQ(utf8_lossy("\xF0\x9F\xA4"), fffd);                 // truncated 4-byte sequence: one
+  EXPECT_EQ(utf8_lossy("\xED\xA0\x80"), fffd + fffd + fffd);   // surrogate: three
+  EXPECT_EQ(utf8_lossy("\xC0\xAF"), fffd + fffd);              // overlong: two
+  EXPECT_EQ(utf8_lossy("a\xE2\x82" "b"), "a" + fffd + "b");
+  EXPECT_EQ(utf8_lossy("\xF4\x90\x80\x80"), fffd + fffd + fffd + fffd);  // above U+10FFFF
+}
+
+// ignore_merges (Llama-3): a word that is itself a vocabulary token is emitted whole, even when the merges
+// would not build it. No fixture covers it, so this builds a tokenizer where the difference shows.
+TEST(TokenizerProperties, IgnoreMergesIsHonoured) {
+  nlohmann::json j = {
+      {"model",
+       {{"type", "BPE"},
+        {"vocab", {{"a", 0}, {"b", 1}, {"c", 2}, {"ab", 3}, {"abc", 4}}},
+        {"merges", nlohmann::json::array({"a b"})}}},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"decoder", {{"type", "ByteLevel"}}}};
+  EXPECT_EQ(Tokenizer::from_json(j).encode("abc", false), (std::vector<TokenId>{3, 2}));
+  j["model"]["ignore_merges"] = true;
+  const auto t = Tokenizer::from_json(j);
+  EXPECT_EQ(t.encode("abc", false), (std::vector<TokenId>{4}));
+  EXPECT_EQ(t.encode("abcab", false), (std::vector<TokenId>{3, 2, 3}));  // not in vocab: merges apply
+}
+
+// Added-token flags: lstrip/rstrip swallow neighbouring spaces, single_word needs word boundaries, and a
+// TemplateProcessing post-processor adds a BOS only when asked.
+TEST(TokenizerProperties, AddedTokenFlagsAndPostProcessor) {
+  nlohmann::json vocab = nlohmann::json::object();
+  const auto& alphabet = xpo::text::ByteAlphabet::get();
+  for (int b = 0; b < 256; ++b) vocab[alphabet.utf8_of_byte[static_cast<std::size_t>(b)]] = b;
+  nlohmann::json j = {
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
+      {"added_tokens",
+       {{{"id", 300}, {"content", "<m>"}, {"lstrip", true}, {"rstrip", true}, {"special", true}, {"normalized", false}},
+        {{"id", 301}, {"content", "cat"}, {"single_word", true}, {"special", false}, {"normalized", false}},
+        {{"id", 302}, {"content", "<s>"}, {"special", true}, {"normalized", false}}}},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"post_processor",
+       {{"type", "TemplateProcessing"},
+        {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {302}}, {"tokens", {"<s>"}}}}}}}},
+      {"decoder", {{"type", "ByteLevel"}}}};
+  const auto t = Tokenizer::from_json(j);
+  EXPECT_EQ(t.encode("x  <m>  y", false), (std::vector<TokenId>{'x', 300, 'y'}));
+  EXPECT_EQ(t.encode("a cat", false), (std::vector<TokenId>{'a', ' ', 301}));  // ids = byte values here
+  EXPECT_EQ(t.encode("cats", false), (std::vector<TokenId>{'c', 'a', 't', 's'}));  // not a single word
+  EXPECT_EQ(t.encode("x", true), (std::vector<TokenId>{302, 'x'}));
+  EXPECT_EQ(t.decode(std::vector<TokenId>{302, 'x', 300}, true), "x");
+  EXPECT_EQ(t.decode(std::vector<TokenId>{302, 'x', 301}, true), "xcat");  // not special: kept
+}
+
+// Malformed tokenizer.json files are clear errors that say what is wrong.
+TEST(TokenizerErrors, MalformedFilesAreClearErrors) {
+  const auto expect_error = [](const nlohmann::json& j, const std::string& needle) {
+    try {
+      (void)Tokenizer::from_json(j, "bad/tokenizer.json");
+      ADD_FAILURE() << "no error for " << j.dump().substr(0, 200);
+    } catch (const xpo::FileError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("bad/tokenizer.json"), std::string::npos) << e.what();
+    }
+  };
+  const nlohmann::json pre = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
+  expect_error({{"pre_tokenizer", pre}}, "no \"model\"");
+  expect_error({{"model", {{"type", "WordPiece"}, {"vocab", {{"a", 0}}}}}, {"pre_tokenizer", pre}}, "WordPiece");
+  expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}}}, {"merges", {"a  b"}}}}, {"pre_tokenizer", pre}},
+               "model.merges[0]");
+  expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}}}, {"merges", {"a b"}}}}, {"pre_tokenizer", pre}},
+               "\"ab\" is not in model.vocab");
+  expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}, {"merges", nlohmann::json::array({nlohmann::json::array({"a", 1})})}}}, {"pre_tokenizer", pre}},
+               "model.merges[0]");
+  expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}}}, {"pre_tokenizer", {{"type", "Whitespace"}}}},
+               "pre_tokenizer.type \"Whitespace\"");
+  expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}}}, {"pre_tokenizer", pre}, {"normalizer", {{"type", "Strange"}}}},
+               "normalizer.type \"Strange\"");
+  expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}}},
+                {"pre_tokenizer", {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}}}},
+               "pre_tokenizer.pattern");
+  expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}}}}, "ByteLevel");
+  expect_error(nlohmann::json::array(), "not a tokenizer.json");
+}
+
+}  // namespace
