@@ -1,0 +1,181 @@
+// xpo/text/chat.hpp — chat templates and prompt preparation, as transformers' apply_chat_template and TRL's
+// maybe_apply_chat_template + tokenize_row do them.
+//
+//   ChatTemplate::render(messages, special tokens, options)  == tokenizer.apply_chat_template(messages, tokenize=False,
+//                                                               add_generation_prompt=..., continue_final_message=...,
+//                                                               **template_kwargs)
+//   prepare_prompt(tokenizer, template, prompt)              == what TRL's online trainers feed the policy: a standard
+//                                                               prompt as is; a conversation rendered with the generation
+//                                                               prompt (last role user) or continuing the final message
+//                                                               (last role assistant); tokenised without special tokens,
+//                                                               a BOS prepended when the tokenizer has one.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "xpo/core/errors.hpp"
+#include "xpo/text/jinja/template.hpp"
+#include "xpo/text/tokenizer.hpp"
+
+namespace xpo::text {
+
+// TRL's SIMPLE_CHAT_TEMPLATE, for base models whose tokenizer has no chat template.
+inline constexpr const char* kSimpleChatTemplate =
+    "{% for message in messages %}{{message['role'].capitalize() + ': ' + message['content'] + '\\n\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
+
+struct ChatOptions {
+  bool add_generation_prompt = false;
+  bool continue_final_message = false;  // cut the text after the last message's content
+  nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();  // e.g. {"enable_thinking": false}
+};
+
+// Checks that `messages` is a non-empty list of {"role": str, "content": ...} objects; `where` names the source.
+template <typename Json>
+void validate_messages(const Json& messages, const std::string& where) {
+  if (!messages.is_array() || messages.empty()) throw ConfigError(where + ": a conversation must be a non-empty list of messages");
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    const auto& m = messages[i];
+    const std::string at = where + ": message " + std::to_string(i);
+    if (!m.is_object()) throw ConfigError(at + " is not an object");
+    if (!m.contains("role") || !m["role"].is_string()) throw ConfigError(at + " has no string \"role\"");
+    if (!m.contains("content") || !(m["content"].is_string() || m["content"].is_array() || m["content"].is_null())) {
+      throw ConfigError(at + " has no \"content\" (a string or a list of parts)");
+    }
+  }
+}
+
+class ChatTemplate {
+ public:
+  explicit ChatTemplate(std::string source, jinja::Limits limits = {})
+      : template_(std::move(source), jinja::Options{}, limits) {}
+
+  // The tokenizer's own template; an error naming the fix when it has none.
+  static ChatTemplate of(const Tokenizer& tokenizer, jinja::Limits limits = {}) {
+    if (!tokenizer.chat_template()) {
+      throw ConfigError("the tokenizer has no chat_template (tokenizer_config.json or chat_template.jinja); set one "
+                        "with Tokenizer::set_chat_template, e.g. xpo::text::kSimpleChatTemplate");
+    }
+    return ChatTemplate(*tokenizer.chat_template(), limits);
+  }
+
+  // Renders `messages` (a JSON list of {"role", "content", ...}) with transformers' variables: messages,
+  // tools = documents = None, add_generation_prompt, the special tokens that are set, then template_kwargs.
+  template <typename Json>
+  [[nodiscard]] std::string render(const Json& messages, const SpecialTokens& special, const ChatOptions& options = {}) const {
+    validate_messages(messages, "chat");
+    if (options.add_generation_prompt && options.continue_final_message) {
+      throw ConfigError("chat: add_generation_prompt and continue_final_message cannot both be set");
+    }
+    jinja::Dict vars;
+    vars.set("messages", jinja::from_json(messages));
+    vars.set("tools", jinja::None{});
+    vars.set("documents", jinja::None{});
+    vars.set("add_generation_prompt", options.add_generation_prompt);
+    const auto set_token = [&](const char* name, const std::optional<std::string>& token) {
+      if (token) vars.set(name, *token);
+    };
+    set_token("bos_token", special.bos_token);
+    set_token("eos_token", special.eos_token);
+    set_token("unk_token", special.unk_token);
+    set_token("pad_token", special.pad_token);
+    if (!special.additional.empty()) {
+      jinja::List extra;
+      for (const auto& s : special.additional) extra.emplace_back(s);
+      vars.set("additional_special_tokens", jinja::Value::make_list(std::move(extra)));
+    }
+    if (!options.template_kwargs.is_null()) {
+      if (!options.template_kwargs.is_object()) throw ConfigError("chat: template_kwargs must be a JSON object");
+      for (auto it = options.template_kwargs.begin(); it != options.template_kwargs.end(); ++it) {
+        vars.set(it.key(), jinja::from_json(it.value()));
+      }
+    }
+    std::string rendered = template_.render(vars);
+    if (options.continue_final_message) rendered = cut_after_final_message(rendered, messages.back());
+    return rendered;
+  }
+
+  [[nodiscard]] const std::string& source() const noexcept { return template_.source(); }
+
+ private:
+  // transformers: keep the text up to the end of the final message's content (its trailing spaces only if the
+  // template kept them), so that generation continues that message.
+  template <typename Json>
+  static std::string cut_after_final_message(const std::string& rendered, const Json& final_message) {
+    std::string content;
+    if (final_message["content"].is_string()) {
+      content = final_message["content"].template get<std::string>();
+    } else if (final_message["content"].is_array()) {
+      for (auto it = final_message["content"].rbegin(); it != final_message["content"].rend(); ++it) {
+        if (it->is_object() && it->contains("text") && (*it)["text"].is_string()) {
+          content = (*it)["text"].template get<std::string>();
+          break;
+        }
+      }
+    }
+    const std::string stripped = jinja::detail::py_strip(content, nullptr, true, true);
+    const std::string lstripped = jinja::detail::py_strip(content, nullptr, true, false);
+    const auto at = rendered.rfind(stripped);
+    if (stripped.empty() || at == std::string::npos) {
+      throw ConfigError("continue_final_message: the final message does not appear in the rendered chat (the "
+                        "template drops or rewrites it)");
+    }
+    if (rendered.compare(at, lstripped.size(), content) == 0) {  // the template kept the message's trailing spaces
+      return rendered.substr(0, at + lstripped.size());
+    }
+    return rendered.substr(0, at + stripped.size());
+  }
+
+  jinja::Template template_;
+};
+
+// A prompt ready for generation: the text the policy sees and its token ids.
+struct PreparedPrompt {
+  std::string text;
+  std::vector<TokenId> ids;
+};
+
+// A dataset prompt (a JSON string, or a list of messages) -> text and ids, as TRL prepares it. A conversation
+// needs a chat template: `chat` (else the tokenizer's). `where` names the source in errors (e.g. "prompts.jsonl:12").
+template <typename Json>
+PreparedPrompt prepare_prompt(const Tokenizer& tokenizer, const Json& prompt, const ChatTemplate* chat = nullptr,
+                              const nlohmann::ordered_json& template_kwargs = nlohmann::ordered_json::object(),
+                              const std::string& where = "prompt") {
+  PreparedPrompt out;
+  if (prompt.is_string()) {
+    out.text = prompt.template get<std::string>();
+  } else if (prompt.is_array()) {
+    validate_messages(prompt, where);
+    const std::string role = prompt.back()["role"].template get<std::string>();
+    ChatOptions options;
+    options.template_kwargs = template_kwargs;
+    if (role == "user") {
+      options.add_generation_prompt = true;
+    } else if (role == "assistant") {
+      options.continue_final_message = true;
+    } else {
+      throw ConfigError(where + ": the last message of a prompt must have role \"user\" (answer it) or \"assistant\" "
+                        "(continue it), not \"" + role + "\"");
+    }
+    std::optional<ChatTemplate> own;
+    if (chat == nullptr) chat = &own.emplace(ChatTemplate::of(tokenizer));
+    try {
+      out.text = chat->render(prompt, tokenizer.special_tokens(), options);
+    } catch (const jinja::TemplateError& e) {
+      throw ConfigError(where + ": " + e.what());
+    }
+  } else {
+    throw ConfigError(where + ": \"prompt\" must be a string or a list of {\"role\", \"content\"} messages");
+  }
+  out.ids = tokenizer.encode(out.text, /*add_special_tokens=*/false);
+  const auto& bos = tokenizer.special_tokens().bos_id;
+  if (bos && (out.ids.empty() || out.ids.front() != *bos)) out.ids.insert(out.ids.begin(), *bos);
+  return out;
+}
+
+}  // namespace xpo::text

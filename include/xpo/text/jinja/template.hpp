@@ -1,0 +1,1173 @@
+// xpo/text/jinja/template.hpp — a parsed Jinja template and its renderer: Python semantics for operators,
+// filters, tests and str/dict methods, Jinja's scoping (a for loop has its own scope; namespace() objects carry
+// values out of it), and the bounds of Limits. See parser.hpp for the supported syntax.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <ctime>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "xpo/text/jinja/parser.hpp"
+#include "xpo/text/jinja/value.hpp"
+
+namespace xpo::text::jinja {
+
+namespace detail {
+
+// ---- str helpers with Python semantics (indices count code points) ---------------------------------------------
+inline std::u32string to_u32(std::string_view s) {
+  std::u32string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = std::max<std::size_t>(utf8_sequence_length(s, i), 1);
+    out += n == 1 && static_cast<unsigned char>(s[i]) >= 0x80 ? U'\uFFFD' : decode_utf8_at(s, i, n);
+    i += n;
+  }
+  return out;
+}
+inline std::string from_u32(std::u32string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (const char32_t c : s) append_utf8(out, c);
+  return out;
+}
+// Python's str.isspace(): Unicode White_Space plus the information separators U+001C..U+001F.
+inline bool py_space(char32_t c) { return is_unicode_whitespace(c) || (c >= 0x1C && c <= 0x1F); }
+
+inline std::string py_strip(const std::string& s, const Value* chars, bool left, bool right) {
+  const std::u32string u = to_u32(s);
+  const std::u32string set = chars != nullptr && chars->is_string() ? to_u32(chars->str()) : std::u32string();
+  const bool use_space = chars == nullptr || chars->is_none() || chars->is_undefined();
+  const auto strip_it = [&](char32_t c) { return use_space ? py_space(c) : set.find(c) != std::u32string::npos; };
+  std::size_t b = 0, e = u.size();
+  if (left) {
+    while (b < e && strip_it(u[b])) ++b;
+  }
+  if (right) {
+    while (e > b && strip_it(u[e - 1])) --e;
+  }
+  return from_u32(std::u32string_view(u).substr(b, e - b));
+}
+
+inline std::vector<std::string> py_split(const std::string& s, const Value* sep, std::int64_t maxsplit) {
+  std::vector<std::string> out;
+  if (sep == nullptr || sep->is_none() || sep->is_undefined()) {
+    const std::u32string u = to_u32(s);
+    std::size_t i = 0;
+    while (true) {
+      while (i < u.size() && py_space(u[i])) ++i;
+      if (i >= u.size()) break;
+      if (maxsplit >= 0 && static_cast<std::int64_t>(out.size()) == maxsplit) {
+        std::size_t e = u.size();
+        while (e > i && py_space(u[e - 1])) --e;
+        out.push_back(from_u32(std::u32string_view(u).substr(i, e - i)));
+        break;
+      }
+      std::size_t j = i;
+      while (j < u.size() && !py_space(u[j])) ++j;
+      out.push_back(from_u32(std::u32string_view(u).substr(i, j - i)));
+      i = j;
+    }
+    return out;
+  }
+  if (!sep->is_string()) throw Error("split: the separator must be a string");
+  const std::string& d = sep->str();
+  if (d.empty()) throw Error("split: empty separator");
+  std::size_t start = 0;
+  while (true) {
+    if (maxsplit >= 0 && static_cast<std::int64_t>(out.size()) == maxsplit) break;
+    const auto at = s.find(d, start);
+    if (at == std::string::npos) break;
+    out.push_back(s.substr(start, at - start));
+    start = at + d.size();
+  }
+  out.push_back(s.substr(start));
+  return out;
+}
+
+inline std::string py_replace(const std::string& s, const std::string& from, const std::string& to, std::int64_t count) {
+  std::string out;
+  if (from.empty()) {  // Python inserts `to` between every character
+    const std::u32string u = to_u32(s);
+    std::int64_t done = 0;
+    for (std::size_t i = 0; i <= u.size(); ++i) {
+      if (count < 0 || done < count) {
+        out += to;
+        ++done;
+      }
+      if (i < u.size()) append_utf8(out, u[i]);
+    }
+    return out;
+  }
+  std::size_t start = 0;
+  std::int64_t done = 0;
+  while (count < 0 || done < count) {
+    const auto at = s.find(from, start);
+    if (at == std::string::npos) break;
+    out.append(s, start, at - start);
+    out += to;
+    start = at + from.size();
+    ++done;
+  }
+  out.append(s, start, std::string::npos);
+  return out;
+}
+
+inline std::string map_case(const std::string& s, int mode) {  // 0 lower, 1 upper
+  std::string out;
+  for (const char32_t c : to_u32(s)) {
+    const auto cp = static_cast<utf8proc_int32_t>(c);
+    append_utf8(out, static_cast<char32_t>(mode == 0 ? utf8proc_tolower(cp) : utf8proc_toupper(cp)));
+  }
+  return out;
+}
+inline std::string capitalize(const std::string& s) {
+  const std::u32string u = to_u32(s);
+  if (u.empty()) return s;
+  std::string out;
+  append_utf8(out, static_cast<char32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(u[0]))));
+  return out + map_case(from_u32(std::u32string_view(u).substr(1)), 0);
+}
+inline std::string title(const std::string& s) {
+  std::string out;
+  bool previous_cased = false;
+  for (const char32_t c : to_u32(s)) {
+    const auto cp = static_cast<utf8proc_int32_t>(c);
+    const auto cat = utf8proc_category(cp);
+    const bool cased = cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT;
+    append_utf8(out, static_cast<char32_t>(cased ? (previous_cased ? utf8proc_tolower(cp) : utf8proc_toupper(cp)) : cp));
+    previous_cased = cased;
+  }
+  return out;
+}
+
+// Python's normalisation of slice bounds.
+inline std::vector<std::int64_t> slice_indices(std::int64_t n, const std::optional<std::int64_t>& start,
+                                               const std::optional<std::int64_t>& stop, std::int64_t step) {
+  std::vector<std::int64_t> idx;
+  if (step > 0) {
+    std::int64_t b = start.value_or(0), e = stop.value_or(n);
+    if (b < 0) b = std::max<std::int64_t>(b + n, 0);
+    if (e < 0) e = std::max<std::int64_t>(e + n, 0);
+    b = std::min(b, n);
+    e = std::min(e, n);
+    for (std::int64_t i = b; i < e; i += step) idx.push_back(i);
+  } else {
+    std::int64_t b = start.value_or(n - 1), e = stop.has_value() ? *stop : -n - 1;
+    if (b < 0) b += n;
+    if (e < 0) e += n;
+    b = std::min(b, n - 1);
+    e = std::max<std::int64_t>(e, -1);
+    for (std::int64_t i = b; i > e; i += step) idx.push_back(i);
+  }
+  return idx;
+}
+
+inline const char* type_name(const Value& v) {
+  if (v.is_undefined()) return "undefined";
+  if (v.is_none()) return "NoneType";
+  if (v.is_bool()) return "bool";
+  if (v.is_int()) return "int";
+  if (v.is_number()) return "float";
+  if (v.is_string()) return "str";
+  if (v.is_list()) return "list";
+  if (v.is_dict()) return v.dict().is_namespace ? "Namespace" : "dict";
+  return "function";
+}
+
+enum class Flow { normal, break_, continue_ };
+
+class Renderer {
+ public:
+  Renderer(const Limits& limits, const Dict& variables) : limits_(limits) {
+    scopes_.emplace_back();
+    for (const auto& [k, v] : variables.items) scopes_.back()[k] = v;
+  }
+
+  std::string run(const Body& body) {
+    (void)render(body);
+    return std::move(out_);
+  }
+
+ private:
+  [[noreturn]] static void fail(const std::string& what, int line, int column) { throw TemplateError(what, line, column); }
+  [[noreturn]] static void fail(const std::string& what, const Expr& e) { fail(what, e.line, e.column); }
+
+  void emit(std::string_view s, int line, int column) {
+    if (out_.size() + s.size() > limits_.max_output_bytes) {
+      fail("the output exceeds the limit of " + std::to_string(limits_.max_output_bytes) + " bytes", line, column);
+    }
+    out_.append(s);
+  }
+
+  void count_iteration(int line, int column) {
+    if (++iterations_ > limits_.max_loop_iterations) {
+      fail("more than " + std::to_string(limits_.max_loop_iterations) + " loop iterations (an endless loop?)", line, column);
+    }
+  }
+
+  Flow render(const Body& body) {
+    for (const auto& node : body) {
+      const Flow f = render(*node);
+      if (f != Flow::normal) return f;
+    }
+    return Flow::normal;
+  }
+
+  Flow render(const Node& n) {
+    switch (n.kind) {
+      case Node::Kind::text: emit(n.text, n.line, n.column); return Flow::normal;
+      case Node::Kind::output: {
+        const Value v = eval(*n.expr);
+        emit(to_string(v), n.line, n.column);
+        return Flow::normal;
+      }
+      case Node::Kind::if_:
+        for (const auto& [cond, body] : n.branches) {
+          if (truthy(eval(*cond))) return render(body);
+        }
+        return render(n.else_body);
+      case Node::Kind::for_: return render_for(n);
+      case Node::Kind::set: {
+        Value v = eval(*n.expr);
+        if (n.attr.empty()) {
+          scopes_.back()[n.text] = std::move(v);
+        } else {
+          const Value target = lookup(n.text);
+          if (!target.is_dict() || !target.dict().is_namespace) {
+            fail("cannot assign attribute '" + n.attr + "' of '" + n.text + "': only namespace() objects have assignable attributes",
+                 n.line, n.column);
+          }
+          target.dict().set(n.attr, std::move(v));
+        }
+        return Flow::normal;
+      }
+      case Node::Kind::set_block: {
+        std::string saved = std::move(out_);
+        out_.clear();
+        const Flow f = render(n.body);
+        std::string captured = std::move(out_);
+        out_ = std::move(saved);
+        scopes_.back()[n.text] = Value(std::move(captured));
+        return f;
+      }
+      case Node::Kind::break_: return Flow::break_;
+      case Node::Kind::continue_: return Flow::continue_;
+      case Node::Kind::block: return render(n.body);
+    }
+    return Flow::normal;
+  }
+
+  std::vector<Value> iterate(const Value& v, int line, int column) {
+    if (v.is_list()) return v.list();
+    if (v.is_dict()) {
+      std::vector<Value> keys;
+      for (const auto& [k, _] : v.dict().items) keys.emplace_back(k);
+      return keys;
+    }
+    if (v.is_string()) {
+      std::vector<Value> chars;
+      for (const char32_t c : to_u32(v.str())) chars.emplace_back(from_u32(std::u32string_view(&c, 1)));
+      return chars;
+    }
+    if (v.is_undefined()) return {};
+    fail(std::string("'") + type_name(v) + "' object is not iterable", line, column);
+  }
+
+  void bind_targets(const Node& n, const Value& item) {
+    if (n.targets.size() == 1) {
+      scopes_.back()[n.targets[0]] = item;
+      return;
+    }
+    if (!item.is_list() || item.list().size() != n.targets.size()) {
+      fail("cannot unpack " + std::string(type_name(item)) + " into " + std::to_string(n.targets.size()) + " loop variables",
+           n.line, n.column);
+    }
+    for (std::size_t k = 0; k < n.targets.size(); ++k) scopes_.back()[n.targets[k]] = item.list()[k];
+  }
+
+  Flow render_for(const Node& n) {
+    std::vector<Value> items = iterate(eval(*n.expr), n.line, n.column);
+    scopes_.emplace_back();
+    if (n.filter) {
+      std::vector<Value> kept;
+      for (auto& item : items) {
+        count_iteration(n.line, n.column);
+        bind_targets(n, item);
+        if (truthy(eval(*n.filter))) kept.push_back(std::move(item));
+      }
+      items = std::move(kept);
+    }
+    if (items.empty()) {
+      scopes_.pop_back();
+      return render(n.else_body);
+    }
+    const auto length = static_cast<std::int64_t>(items.size());
+    for (std::int64_t i = 0; i < length; ++i) {
+      count_iteration(n.line, n.column);
+      scopes_.back().clear();
+      bind_targets(n, items[static_cast<std::size_t>(i)]);
+      auto loop = std::make_shared<Dict>();
+      loop->items = {{"index", i + 1},
+                     {"index0", i},
+                     {"revindex", length - i},
+                     {"revindex0", length - i - 1},
+                     {"first", i == 0},
+                     {"last", i == length - 1},
+                     {"length", length},
+                     {"previtem", i > 0 ? items[static_cast<std::size_t>(i - 1)] : Value(Undefined{"loop.previtem"})},
+                     {"nextitem", i + 1 < length ? items[static_cast<std::size_t>(i + 1)] : Value(Undefined{"loop.nextitem"})}};
+      scopes_.back()["loop"] = Value(std::move(loop));
+      const Flow f = render(n.body);
+      if (f == Flow::break_) break;
+    }
+    scopes_.pop_back();
+    return Flow::normal;
+  }
+
+  Value lookup(const std::string& name) {
+    for (auto it = scopes_.rbegin(); it != scopes_.rend(); ++it) {
+      if (const auto found = it->find(name); found != it->end()) return found->second;
+    }
+    if (const auto g = globals().find(name); g != globals().end()) return g->second;
+    return Undefined{name};
+  }
+
+  // ---- expressions ----------------------------------------------------------------------------------------
+  Value eval(const Expr& e) {
+    switch (e.kind) {
+      case Expr::Kind::literal: return e.literal;
+      case Expr::Kind::name: return lookup(e.name);
+      case Expr::Kind::attr: {
+        const Value obj = eval(*e.children[0]);
+        return get_attr(obj, e.name, *e.children[0]);
+      }
+      case Expr::Kind::item: {
+        const Value obj = eval(*e.children[0]);
+        const Value key = eval(*e.children[1]);
+        return get_item(obj, key, *e.children[0]);
+      }
+      case Expr::Kind::slice: return eval_slice(e);
+      case Expr::Kind::call: return eval_call(e);
+      case Expr::Kind::filter: return eval_filter(e);
+      case Expr::Kind::test: {
+        const bool r = eval_test(e);
+        return e.negated ? !r : r;
+      }
+      case Expr::Kind::unary: {
+        const Value v = eval(*e.children[0]);
+        if (e.name == "not") return !truthy(v);
+        if (!v.is_number()) fail(std::string("bad operand type for unary ") + e.name + ": '" + type_name(v) + "'", e);
+        if (e.name == "+") return v.is_int() ? Value(v.as_int()) : v;
+        return v.is_int() ? Value(-v.as_int()) : Value(-v.as_double());
+      }
+      case Expr::Kind::binary: return eval_binary(e);
+      case Expr::Kind::cond:
+        if (truthy(eval(*e.children[0]))) return eval(*e.children[1]);
+        return e.children[2] ? eval(*e.children[2]) : Value(Undefined{"else branch"});
+      case Expr::Kind::list:
+      case Expr::Kind::tuple: {
+        List items;
+        for (const auto& c : e.children) items.push_back(eval(*c));
+        return Value::make_list(std::move(items));
+      }
+      case Expr::Kind::dict: {
+        auto d = std::make_shared<Dict>();
+        for (std::size_t i = 0; i + 1 < e.children.size(); i += 2) {
+          const Value k = eval(*e.children[i]);
+          if (!k.is_string()) fail("dict literal keys must be strings", *e.children[i]);
+          d->set(k.str(), eval(*e.children[i + 1]));
+        }
+        return Value(std::move(d));
+      }
+    }
+    return Undefined{};
+  }
+
+  Value get_attr(const Value& obj, const std::string& name, const Expr& e) {
+    if (obj.is_undefined()) fail("'" + std::get<Undefined>(obj.v).name + "' is undefined (reading ." + name + ")", e);
+    if (obj.is_dict()) {
+      if (const Value* v = obj.dict().find(name)) return *v;
+      return Undefined{name};
+    }
+    if (obj.is_list() && !name.empty() && std::isdigit(static_cast<unsigned char>(name[0]))) {
+      return get_item(obj, Value(static_cast<std::int64_t>(std::stoll(name))), e);
+    }
+    return Undefined{name};
+  }
+
+  Value get_item(const Value& obj, const Value& key, const Expr& e) {
+    if (obj.is_undefined()) fail("'" + std::get<Undefined>(obj.v).name + "' is undefined (reading an item)", e);
+    if (obj.is_dict()) {
+      if (!key.is_string()) return Undefined{to_string(key)};
+      if (const Value* v = obj.dict().find(key.str())) return *v;
+      return Undefined{key.str()};
+    }
+    if ((obj.is_list() || obj.is_string()) && key.is_int()) {
+      std::int64_t i = key.as_int();
+      if (obj.is_list()) {
+        const auto n = static_cast<std::int64_t>(obj.list().size());
+        if (i < 0) i += n;
+        if (i < 0 || i >= n) return Undefined{"index " + std::to_string(key.as_int())};
+        return obj.list()[static_cast<std::size_t>(i)];
+      }
+      const std::u32string u = to_u32(obj.str());
+      const auto n = static_cast<std::int64_t>(u.size());
+      if (i < 0) i += n;
+      if (i < 0 || i >= n) return Undefined{"index " + std::to_string(key.as_int())};
+      return from_u32(std::u32string_view(u).substr(static_cast<std::size_t>(i), 1));
+    }
+    if (key.is_string()) return get_attr(obj, key.str(), e);
+    return Undefined{to_string(key)};
+  }
+
+  Value eval_slice(const Expr& e) {
+    const Value obj = eval(*e.children[0]);
+    std::optional<std::int64_t> part[3];
+    for (std::size_t k = 0; k < 3; ++k) {
+      if (!e.has_slice_part[k]) continue;
+      const Value v = eval(*e.children[k + 1]);
+      if (v.is_none()) continue;
+      if (!v.is_int()) fail("slice indices must be integers or None", e);
+      part[k] = v.as_int();
+    }
+    const std::int64_t step = part[2].value_or(1);
+    if (step == 0) fail("slice step cannot be zero", e);
+    if (obj.is_list()) {
+      const auto& l = obj.list();
+      List out;
+      for (const auto i : slice_indices(static_cast<std::int64_t>(l.size()), part[0], part[1], step)) out.push_back(l[static_cast<std::size_t>(i)]);
+      return Value::make_list(std::move(out));
+    }
+    if (obj.is_string()) {
+      const std::u32string u = to_u32(obj.str());
+      std::u32string out;
+      for (const auto i : slice_indices(static_cast<std::int64_t>(u.size()), part[0], part[1], step)) out += u[static_cast<std::size_t>(i)];
+      return from_u32(out);
+    }
+    if (obj.is_undefined()) fail("'" + std::get<Undefined>(obj.v).name + "' is undefined (slicing it)", e);
+    fail(std::string("'") + type_name(obj) + "' object cannot be sliced", e);
+  }
+
+  Arguments eval_args(const Expr& e, std::size_t first) {
+    Arguments a;
+    for (std::size_t k = first; k < e.children.size(); ++k) a.positional.push_back(eval(*e.children[k]));
+    for (const auto& [name, x] : e.kwargs) a.keyword.emplace_back(name, eval(*x));
+    return a;
+  }
+
+  Value eval_call(const Expr& e) {
+    const Expr& callee = *e.children[0];
+    if (callee.kind == Expr::Kind::attr) {
+      const Value obj = eval(*callee.children[0]);
+      if (obj.is_string() || (obj.is_dict() && !obj.dict().find(callee.name)) || obj.is_list()) {
+        Arguments args = eval_args(e, 1);
+        try {
+          return call_method(obj, callee.name, args, e);
+        } catch (const TemplateError&) {
+          throw;
+        } catch (const Error& err) {
+          fail(err.what(), e);
+        }
+      }
+      const Value f = get_attr(obj, callee.name, callee);
+      return call_function(f, eval_args(e, 1), e);
+    }
+    const Value f = eval(callee);
+    return call_function(f, eval_args(e, 1), e);
+  }
+
+  Value call_function(const Value& f, const Arguments& args, const Expr& e) {
+    if (!f.is_function()) {
+      const std::string what = f.is_undefined() ? "'" + std::get<Undefined>(f.v).name + "' is undefined" : std::string("'") + type_name(f) + "' object is not callable";
+      fail(what, e);
+    }
+    try {
+      return std::get<std::shared_ptr<Function>>(f.v)->call(args);
+    } catch (const TemplateError&) {
+      throw;
+    } catch (const Error& err) {
+      fail(err.what(), e);
+    }
+  }
+
+  static std::int64_t int_arg(const Arguments& a, std::size_t i, const char* name, std::int64_t fallback) {
+    const Value* v = a.get(i, name);
+    if (v == nullptr || v->is_none()) return fallback;
+    if (!v->is_int()) throw Error(std::string("argument '") + name + "' must be an integer");
+    return v->as_int();
+  }
+  static std::string str_arg(const Arguments& a, std::size_t i, const char* name) {
+    const Value* v = a.get(i, name);
+    if (v == nullptr || !v->is_string()) throw Error(std::string("argument '") + name + "' must be a string");
+    return v->str();
+  }
+
+  static bool affix_matches(const std::string& s, const Value& affix, bool prefix) {
+    const auto one = [&](const Value& a) {
+      if (!a.is_string()) throw Error(std::string(prefix ? "startswith" : "endswith") + " needs a string or a tuple of strings");
+      const auto& x = a.str();
+      return x.size() <= s.size() && (prefix ? s.compare(0, x.size(), x) == 0 : s.compare(s.size() - x.size(), x.size(), x) == 0);
+    };
+    if (affix.is_list()) {
+      return std::any_of(affix.list().begin(), affix.list().end(), one);
+    }
+    return one(affix);
+  }
+
+  Value call_method(const Value& obj, const std::string& name, const Arguments& a, const Expr& e) {
+    if (obj.is_string()) {
+      const std::string& s = obj.str();
+      if (name == "startswith" || name == "endswith") {
+        const Value* x = a.get(0, "prefix");
+        if (x == nullptr) throw Error(name + "() takes at least 1 argument");
+        return affix_matches(s, *x, name == "startswith");
+      }
+      if (name == "strip" || name == "lstrip" || name == "rstrip") {
+        return py_strip(s, a.get(0, "chars"), name != "rstrip", name != "lstrip");
+      }
+      if (name == "split") {
+        List parts;
+        for (auto& p : py_split(s, a.get(0, "sep"), int_arg(a, 1, "maxsplit", -1))) parts.emplace_back(std::move(p));
+        return Value::make_list(std::move(parts));
+      }
+      if (name == "upper") return map_case(s, 1);
+      if (name == "lower") return map_case(s, 0);
+      if (name == "capitalize") return capitalize(s);
+      if (name == "title") return title(s);
+      if (name == "replace") return py_replace(s, str_arg(a, 0, "old"), str_arg(a, 1, "new"), int_arg(a, 2, "count", -1));
+      if (name == "find") {
+        const auto at = s.find(str_arg(a, 0, "sub"));
+        return at == std::string::npos ? std::int64_t{-1} : static_cast<std::int64_t>(to_u32(s.substr(0, at)).size());
+      }
+      if (name == "count") {
+        const std::string sub = str_arg(a, 0, "sub");
+        if (sub.empty()) return static_cast<std::int64_t>(to_u32(s).size() + 1);
+        std::int64_t n = 0;
+        for (auto at = s.find(sub); at != std::string::npos; at = s.find(sub, at + sub.size())) ++n;
+        return n;
+      }
+      if (name == "join") {
+        const Value* items = a.get(0, "iterable");
+        if (items == nullptr) throw Error("join() takes 1 argument");
+        std::string out;
+        bool first = true;
+        for (const auto& item : iterate(*items, e.line, e.column)) {
+          if (!item.is_string()) throw Error("join: sequence item is " + std::string(type_name(item)) + ", not str");
+          if (!first) out += s;
+          out += item.str();
+          first = false;
+        }
+        return out;
+      }
+      if (name == "isdigit" || name == "isspace" || name == "isalpha") {
+        const std::u32string u = to_u32(s);
+        if (u.empty()) return false;
+        return std::all_of(u.begin(), u.end(), [&](char32_t c) {
+          const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
+          if (name == "isspace") return py_space(c);
+          if (name == "isdigit") return cat == UTF8PROC_CATEGORY_ND;
+          return cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO;
+        });
+      }
+      throw Error("'str' object has no method '" + name + "'");
+    }
+    if (obj.is_dict()) {
+      const Dict& d = obj.dict();
+      if (name == "items" || name == "keys" || name == "values") {
+        List out;
+        for (const auto& [k, v] : d.items) {
+          if (name == "items") out.push_back(Value::make_list({Value(k), v}));
+          else if (name == "keys") out.emplace_back(k);
+          else out.push_back(v);
+        }
+        return Value::make_list(std::move(out));
+      }
+      if (name == "get") {
+        const std::string key = str_arg(a, 0, "key");
+        if (const Value* v = d.find(key)) return *v;
+        const Value* fallback = a.get(1, "default");
+        return fallback != nullptr ? *fallback : Value(None{});
+      }
+      throw Error("'dict' object has no method '" + name + "'");
+    }
+    if (obj.is_list()) {
+      if (name == "index" || name == "count") {
+        const Value* x = a.get(0, "value");
+        if (x == nullptr) throw Error(name + "() takes 1 argument");
+        std::int64_t n = 0;
+        const auto& l = obj.list();
+        for (std::size_t i = 0; i < l.size(); ++i) {
+          if (equal(l[i], *x)) {
+            if (name == "index") return static_cast<std::int64_t>(i);
+            ++n;
+          }
+        }
+        if (name == "index") throw Error("list.index(x): x not in list");
+        return n;
+      }
+      throw Error("'list' object has no method '" + name + "' (templates cannot modify lists)");
+    }
+    throw Error(std::string("'") + type_name(obj) + "' object has no method '" + name + "'");
+  }
+
+  // ---- binary operators -----------------------------------------------------------------------------------
+  Value eval_binary(const Expr& e) {
+    const std::string& op = e.name;
+    if (op == "and") {
+      Value l = eval(*e.children[0]);
+      return truthy(l) ? eval(*e.children[1]) : l;
+    }
+    if (op == "or") {
+      Value l = eval(*e.children[0]);
+      return truthy(l) ? l : eval(*e.children[1]);
+    }
+    const Value l = eval(*e.children[0]);
+    const Value r = eval(*e.children[1]);
+    if (op == "~") {
+      std::string s = to_string(l) + to_string(r);
+      if (s.size() > limits_.max_output_bytes) fail("a string exceeds the output limit", e);
+      return s;
+    }
+    if (op == "==") return equal(l, r);
+    if (op == "!=") return !equal(l, r);
+    if (op == "in" || op == "not in") {
+      bool found = false;
+      if (r.is_string()) {
+        if (!l.is_string()) fail("'in <string>' requires a string on the left, not " + std::string(type_name(l)), e);
+        found = r.str().find(l.str()) != std::string::npos;
+      } else if (r.is_list()) {
+        found = std::any_of(r.list().begin(), r.list().end(), [&](const Value& x) { return equal(x, l); });
+      } else if (r.is_dict()) {
+        found = l.is_string() && r.dict().find(l.str()) != nullptr;
+      } else if (r.is_undefined()) {
+        fail("'" + std::get<Undefined>(r.v).name + "' is undefined (right of 'in')", e);
+      } else {
+        fail(std::string("argument of type '") + type_name(r) + "' is not iterable", e);
+      }
+      return op == "in" ? found : !found;
+    }
+    if (op == "<" || op == ">" || op == "<=" || op == ">=") {
+      int c = 0;
+      if (l.is_number() && r.is_number()) {
+        const double a = l.as_double(), b = r.as_double();
+        c = a < b ? -1 : (a > b ? 1 : 0);
+      } else if (l.is_string() && r.is_string()) {
+        c = l.str().compare(r.str());
+        c = c < 0 ? -1 : (c > 0 ? 1 : 0);
+      } else {
+        fail("'" + op + "' not supported between '" + type_name(l) + "' and '" + type_name(r) + "'", e);
+      }
+      if (op == "<") return c < 0;
+      if (op == ">") return c > 0;
+      if (op == "<=") return c <= 0;
+      return c >= 0;
+    }
+    if (op == "+") {
+      if (l.is_string() && r.is_string()) {
+        if (l.str().size() + r.str().size() > limits_.max_output_bytes) fail("a string exceeds the output limit", e);
+        return l.str() + r.str();
+      }
+      if (l.is_list() && r.is_list()) {
+        List out = l.list();
+        out.insert(out.end(), r.list().begin(), r.list().end());
+        return Value::make_list(std::move(out));
+      }
+    }
+    if (op == "*" && ((l.is_string() && r.is_int()) || (l.is_int() && r.is_string()))) {
+      const std::string& s = l.is_string() ? l.str() : r.str();
+      const std::int64_t n = std::max<std::int64_t>(l.is_string() ? r.as_int() : l.as_int(), 0);
+      if (!s.empty() && static_cast<std::uint64_t>(n) > limits_.max_output_bytes / s.size()) fail("a string exceeds the output limit", e);
+      std::string out;
+      for (std::int64_t i = 0; i < n; ++i) out += s;
+      return out;
+    }
+    if (!l.is_number() || !r.is_number()) {
+      if (l.is_undefined() || r.is_undefined()) {
+        fail("'" + std::get<Undefined>((l.is_undefined() ? l : r).v).name + "' is undefined (operand of '" + op + "')", e);
+      }
+      fail("unsupported operand types for " + op + ": '" + type_name(l) + "' and '" + type_name(r) + "'", e);
+    }
+    const bool ints = l.is_int() && r.is_int();
+    if (op == "+") return ints ? Value(l.as_int() + r.as_int()) : Value(l.as_double() + r.as_double());
+    if (op == "-") return ints ? Value(l.as_int() - r.as_int()) : Value(l.as_double() - r.as_double());
+    if (op == "*") return ints ? Value(l.as_int() * r.as_int()) : Value(l.as_double() * r.as_double());
+    if (op == "**") {
+      if (ints && r.as_int() >= 0) {
+        std::int64_t out = 1;
+        for (std::int64_t i = 0; i < std::min<std::int64_t>(r.as_int(), 64); ++i) out *= l.as_int();
+        return out;
+      }
+      return std::pow(l.as_double(), r.as_double());
+    }
+    if (r.as_double() == 0.0) fail("division by zero", e);
+    if (op == "/") return l.as_double() / r.as_double();
+    if (op == "//") {
+      if (ints) {
+        const std::int64_t a = l.as_int(), b = r.as_int();
+        std::int64_t q = a / b;
+        if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
+        return q;
+      }
+      return std::floor(l.as_double() / r.as_double());
+    }
+    // %
+    if (ints) {
+      const std::int64_t a = l.as_int(), b = r.as_int();
+      std::int64_t m = a % b;
+      if (m != 0 && ((m < 0) != (b < 0))) m += b;
+      return m;
+    }
+    const double m = std::fmod(l.as_double(), r.as_double());
+    return (m != 0 && ((m < 0) != (r.as_double() < 0))) ? m + r.as_double() : m;
+  }
+
+  // ---- tests ----------------------------------------------------------------------------------------------
+  bool eval_test(const Expr& e) {
+    const std::string& t = e.name;
+    if (t == "defined") return !eval(*e.children[0]).is_undefined();
+    if (t == "undefined") return eval(*e.children[0]).is_undefined();
+    const Value v = eval(*e.children[0]);
+    Arguments a = eval_args(e, 1);
+    return apply_test(t, v, a, e);
+  }
+
+  bool apply_test(const std::string& t, const Value& v, const Arguments& a, const Expr& e) {
+    const auto arg = [&]() -> const Value& {
+      const Value* x = a.get(0, "other");
+      if (x == nullptr) fail("test '" + t + "' needs an argument", e);
+      return *x;
+    };
+    if (t == "defined") return !v.is_undefined();
+    if (t == "undefined") return v.is_undefined();
+    if (t == "none") return v.is_none();
+    if (t == "true") return v.is_bool() && std::get<bool>(v.v);
+    if (t == "false") return v.is_bool() && !std::get<bool>(v.v);
+    if (t == "boolean") return v.is_bool();
+    if (t == "string") return v.is_string();
+    if (t == "mapping") return v.is_dict();
+    if (t == "iterable") return v.is_list() || v.is_dict() || v.is_string();
+    if (t == "sequence") return v.is_list() || v.is_dict() || v.is_string();
+    if (t == "number") return v.is_number() && !v.is_bool();
+    if (t == "integer") return v.is_int() && !v.is_bool();
+    if (t == "float") return std::holds_alternative<double>(v.v);
+    if (t == "callable") return v.is_function();
+    if (t == "lower" || t == "upper") return v.is_string() && map_case(v.str(), t == "lower" ? 0 : 1) == v.str();
+    if (t == "eq" || t == "equalto" || t == "==") return equal(v, arg());
+    if (t == "ne") return !equal(v, arg());
+    if (t == "sameas") return equal(v, arg()) && v.v.index() == arg().v.index();
+    if (t == "in") {
+      const Value& c = arg();
+      if (c.is_list()) return std::any_of(c.list().begin(), c.list().end(), [&](const Value& x) { return equal(x, v); });
+      if (c.is_string()) return v.is_string() && c.str().find(v.str()) != std::string::npos;
+      if (c.is_dict()) return v.is_string() && c.dict().find(v.str()) != nullptr;
+      return false;
+    }
+    if (t == "even" || t == "odd" || t == "divisibleby") {
+      if (!v.is_int()) fail("test '" + t + "' needs an integer", e);
+      const std::int64_t d = t == "divisibleby" ? arg().as_int() : 2;
+      if (d == 0) fail("divisibleby 0", e);
+      const bool divisible = v.as_int() % d == 0;
+      return t == "odd" ? !divisible : divisible;
+    }
+    if (t == "lt" || t == "lessthan" || t == "le" || t == "gt" || t == "greaterthan" || t == "ge") {
+      const Value& o = arg();
+      if (!v.is_number() || !o.is_number()) fail("test '" + t + "' compares numbers", e);
+      const double x = v.as_double(), y = o.as_double();
+      if (t == "lt" || t == "lessthan") return x < y;
+      if (t == "le") return x <= y;
+      if (t == "gt" || t == "greaterthan") return x > y;
+      return x >= y;
+    }
+    fail("unknown test '" + t + "'", e);
+  }
+
+  // ---- filters --------------------------------------------------------------------------------------------
+  Value eval_filter(const Expr& e) {
+    const std::string& f = e.name;
+    const Value v = eval(*e.children[0]);
+    const Arguments a = eval_args(e, 1);
+    try {
+      return apply_filter(f, v, a, e);
+    } catch (const TemplateError&) {
+      throw;
+    } catch (const Error& err) {
+      fail("filter '" + f + "': " + err.what(), e);
+    }
+  }
+
+  static std::size_t length_of(const Value& v) {
+    if (v.is_string()) return to_u32(v.str()).size();
+    if (v.is_list()) return v.list().size();
+    if (v.is_dict()) return v.dict().items.size();
+    if (v.is_undefined()) return 0;
+    throw Error(std::string("object of type '") + type_name(v) + "' has no len()");
+  }
+
+  Value attribute_of(const Value& item, const std::string& path, const Expr& e) {
+    Value cur = item;
+    std::size_t start = 0;
+    while (true) {
+      const auto dot = path.find('.', start);
+      const std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      cur = cur.is_undefined() ? cur : get_item(cur, Value(part), e);
+      if (dot == std::string::npos) return cur;
+      start = dot + 1;
+    }
+  }
+
+  Value apply_filter(const std::string& f, const Value& v, const Arguments& a, const Expr& e) {
+    if (f == "length" || f == "count") return static_cast<std::int64_t>(length_of(v));
+    if (f == "default" || f == "d") {
+      const Value* fallback = a.get(0, "default_value");
+      const Value* boolean = a.get(1, "boolean");
+      const bool use = v.is_undefined() || (boolean != nullptr && truthy(*boolean) && !truthy(v));
+      return use ? (fallback != nullptr ? *fallback : Value(std::string())) : v;
+    }
+    if (f == "tojson") {
+      const Value* indent = a.get(0, "indent");
+      std::string out;
+      dump_json(v, indent != nullptr && indent->is_int() ? static_cast<int>(indent->as_int()) : -1, 0, out, e.line, e.column);
+      return out;
+    }
+    if (f == "string") return to_string(v);
+    if (f == "safe") return v;
+    if (f == "e" || f == "escape") {
+      std::string out;
+      for (const char c : to_string(v)) {
+        switch (c) {
+          case '&': out += "&amp;"; break;
+          case '<': out += "&lt;"; break;
+          case '>': out += "&gt;"; break;
+          case '"': out += "&#34;"; break;
+          case '\'': out += "&#39;"; break;
+          default: out += c;
+        }
+      }
+      return out;
+    }
+    if (f == "list") return Value::make_list(iterate(v, e.line, e.column));
+    if (f == "items") {
+      if (v.is_undefined()) return Value::make_list();
+      if (!v.is_dict()) throw Error("needs a mapping");
+      return call_method(v, "items", {}, e);
+    }
+    if (f == "dictsort") {
+      if (!v.is_dict()) throw Error("needs a mapping");
+      List items = call_method(v, "items", {}, e).list();
+      std::stable_sort(items.begin(), items.end(), [](const Value& x, const Value& y) {
+        return map_case(x.list()[0].str(), 0) < map_case(y.list()[0].str(), 0);
+      });
+      return Value::make_list(std::move(items));
+    }
+    if (f == "first" || f == "last") {
+      if (v.is_list()) {
+        if (v.list().empty()) return Undefined{f};
+        return f == "first" ? v.list().front() : v.list().back();
+      }
+      if (v.is_string()) {
+        const std::u32string u = to_u32(v.str());
+        if (u.empty()) return Undefined{f};
+        return from_u32(std::u32string_view(u).substr(f == "first" ? 0 : u.size() - 1, 1));
+      }
+      const auto items = iterate(v, e.line, e.column);
+      if (items.empty()) return Undefined{f};
+      return f == "first" ? items.front() : items.back();
+    }
+    if (f == "reverse") {
+      if (v.is_string()) {
+        std::u32string u = to_u32(v.str());
+        std::reverse(u.begin(), u.end());
+        return from_u32(u);
+      }
+      auto items = iterate(v, e.line, e.column);
+      std::reverse(items.begin(), items.end());
+      return Value::make_list(std::move(items));
+    }
+    if (f == "join") {
+      const Value* sep = a.get(0, "d");
+      const Value* attr = a.get(1, "attribute");
+      std::string out;
+      bool first = true;
+      for (const auto& item : iterate(v, e.line, e.column)) {
+        if (!first) out += sep != nullptr ? to_string(*sep) : std::string();
+        out += to_string(attr != nullptr ? attribute_of(item, to_string(*attr), e) : item);
+        first = false;
+        if (out.size() > limits_.max_output_bytes) fail("a string exceeds the output limit", e);
+      }
+      return out;
+    }
+    if (f == "map") {
+      const Value* attr = a.get(99, "attribute");
+      List out;
+      for (const auto& item : iterate(v, e.line, e.column)) {
+        if (attr != nullptr) {
+          Value x = attribute_of(item, to_string(*attr), e);
+          if (x.is_undefined()) {
+            if (const Value* d = a.get(99, "default")) x = *d;
+          }
+          out.push_back(std::move(x));
+        } else {
+          if (a.positional.empty() || !a.positional[0].is_string()) throw Error("map needs a filter name or attribute=");
+          Arguments rest;
+          rest.positional.assign(a.positional.begin() + 1, a.positional.end());
+          const std::string name = a.positional[0].str();
+          if (known_filters().count(name) == 0 || name == "map") throw Error("unknown filter '" + name + "'");
+          out.push_back(apply_filter(name, item, rest, e));
+        }
+      }
+      return Value::make_list(std::move(out));
+    }
+    if (f == "select" || f == "reject" || f == "selectattr" || f == "rejectattr") {
+      const bool by_attr = f == "selectattr" || f == "rejectattr";
+      const bool keep_if = f == "select" || f == "selectattr";
+      std::size_t k = 0;
+      std::string attr;
+      if (by_attr) {
+        if (a.positional.empty()) throw Error("needs an attribute name");
+        attr = to_string(a.positional[k++]);
+      }
+      std::string test;
+      if (k < a.positional.size()) test = to_string(a.positional[k++]);
+      if (!test.empty() && known_tests().count(test) == 0) throw Error("unknown test '" + test + "'");
+      Arguments rest;
+      rest.positional.assign(a.positional.begin() + static_cast<std::ptrdiff_t>(std::min(k, a.positional.size())), a.positional.end());
+      List out;
+      for (const auto& item : iterate(v, e.line, e.column)) {
+        const Value x = by_attr ? attribute_of(item, attr, e) : item;
+        const bool ok = test.empty() ? truthy(x) : apply_test(test, x, rest, e);
+        if (ok == keep_if) out.push_back(item);
+      }
+      return Value::make_list(std::move(out));
+    }
+    if (f == "unique") {
+      List out;
+      for (const auto& item : iterate(v, e.line, e.column)) {
+        if (std::none_of(out.begin(), out.end(), [&](const Value& x) { return equal(x, item); })) out.push_back(item);
+      }
+      return Value::make_list(std::move(out));
+    }
+    if (f == "sort") {
+      auto items = iterate(v, e.line, e.column);
+      const Value* rev = a.get(0, "reverse");
+      const Value* attr = a.get(2, "attribute");
+      const auto key = [&](const Value& x) { return attr != nullptr ? attribute_of(x, to_string(*attr), e) : x; };
+      std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
+        const Value kx = key(x), ky = key(y);
+        if (kx.is_number() && ky.is_number()) return kx.as_double() < ky.as_double();
+        if (kx.is_string() && ky.is_string()) return map_case(kx.str(), 0) < map_case(ky.str(), 0);
+        throw Error("cannot compare '" + std::string(type_name(kx)) + "' and '" + type_name(ky) + "'");
+      });
+      if (rev != nullptr && truthy(*rev)) std::reverse(items.begin(), items.end());
+      return Value::make_list(std::move(items));
+    }
+    if (f == "sum" || f == "min" || f == "max") {
+      const auto items = iterate(v, e.line, e.column);
+      if (f == "sum") {
+        Value total = std::int64_t{0};
+        for (const auto& x : items) {
+          if (!x.is_number()) throw Error("can only sum numbers");
+          total = total.is_int() && x.is_int() ? Value(total.as_int() + x.as_int()) : Value(total.as_double() + x.as_double());
+        }
+        return total;
+      }
+      if (items.empty()) return Undefined{f};
+      Value best = items[0];
+      for (const auto& x : items) {
+        const bool less = x.is_number() && best.is_number() ? x.as_double() < best.as_double()
+                          : x.is_string() && best.is_string() ? x.str() < best.str()
+                                                              : throw Error("cannot compare the items");
+        if ((f == "min") == less && !equal(x, best)) best = x;
+      }
+      return best;
+    }
+    if (f == "int") {
+      if (v.is_int()) return v.as_int();
+      if (v.is_number()) return static_cast<std::int64_t>(v.as_double());
+      if (v.is_string()) {
+        try {
+          return static_cast<std::int64_t>(std::stoll(py_strip(v.str(), nullptr, true, true)));
+        } catch (const std::exception&) {
+        }
+      }
+      const Value* d = a.get(0, "default");
+      return d != nullptr ? *d : Value(std::int64_t{0});
+    }
+    if (f == "float") {
+      if (v.is_number()) return v.as_double();
+      if (v.is_string()) {
+        try {
+          return std::stod(py_strip(v.str(), nullptr, true, true));
+        } catch (const std::exception&) {
+        }
+      }
+      const Value* d = a.get(0, "default");
+      return d != nullptr ? *d : Value(0.0);
+    }
+    if (f == "abs") {
+      if (!v.is_number()) throw Error("needs a number");
+      return v.is_int() ? Value(v.as_int() < 0 ? -v.as_int() : v.as_int()) : Value(std::fabs(v.as_double()));
+    }
+    if (f == "round") {
+      if (!v.is_number()) throw Error("needs a number");
+      const double scale = std::pow(10.0, static_cast<double>(int_arg(a, 0, "precision", 0)));
+      const Value* method = a.get(1, "method");
+      const std::string m = method != nullptr ? to_string(*method) : "common";
+      const double x = v.as_double() * scale;
+      const double r = m == "floor" ? std::floor(x) : m == "ceil" ? std::ceil(x) : std::round(x);
+      return r / scale;
+    }
+    if (f == "wordcount") return static_cast<std::int64_t>(py_split(to_string(v), nullptr, -1).size());
+    if (f == "indent") {
+      const std::string pad(static_cast<std::size_t>(std::max<std::int64_t>(int_arg(a, 0, "width", 4), 0)), ' ');
+      const Value* first = a.get(1, "first");
+      const Value* blank = a.get(2, "blank");
+      const Value newline("\n");
+      const auto lines = py_split(to_string(v), &newline, -1);
+      std::string out;
+      for (std::size_t i = 0; i < lines.size(); ++i) {
+        if (i) out += '\n';
+        const bool indent_it = (i > 0 || (first != nullptr && truthy(*first))) && (!lines[i].empty() || (blank != nullptr && truthy(*blank)));
+        if (indent_it) out += pad;
+        out += lines[i];
+      }
+      return out;
+    }
+    // String filters.
+    if (!v.is_string() && !v.is_undefined()) {
+      if (f == "upper" || f == "lower" || f == "capitalize" || f == "title" || f == "trim" || f == "strip" ||
+          f == "replace" || f == "split") {
+        throw Error(std::string("needs a string, got '") + type_name(v) + "'");
+      }
+    }
+    const std::string s = to_string(v);
+    if (f == "upper") return map_case(s, 1);
+    if (f == "lower") return map_case(s, 0);
+    if (f == "capitalize") return capitalize(s);
+    if (f == "title") return title(s);
+    if (f == "trim" || f == "strip") return py_strip(s, a.get(0, "chars"), true, true);
+    if (f == "replace") return py_replace(s, str_arg(a, 0, "old"), str_arg(a, 1, "new"), int_arg(a, 2, "count", -1));
+    if (f == "split") {
+      List parts;
+      for (auto& p : py_split(s, a.get(0, "sep"), int_arg(a, 1, "maxsplit", -1))) parts.emplace_back(std::move(p));
+      return Value::make_list(std::move(parts));
+    }
+    fail("unknown filter '" + f + "'", e);
+  }
+
+  // ---- globals --------------------------------------------------------------------------------------------
+  const std::unordered_map<std::string, Value>& globals() {
+    if (!globals_.empty()) return globals_;
+    const auto fn = [&](const char* name, std::function<Value(const Arguments&)> call) {
+      globals_[name] = Value(std::make_shared<Function>(Function{name, std::move(call)}));
+    };
+    fn("namespace", [](const Arguments& a) {
+      auto d = std::make_shared<Dict>();
+      d->is_namespace = true;
+      for (const auto& p : a.positional) {
+        if (!p.is_dict()) throw Error("namespace() takes keyword arguments or a dict");
+        for (const auto& [k, v] : p.dict().items) d->set(k, v);
+      }
+      for (const auto& [k, v] : a.keyword) d->set(k, v);
+      return Value(std::move(d));
+    });
+    fn("dict", [](const Arguments& a) {
+      auto d = std::make_shared<Dict>();
+      for (const auto& [k, v] : a.keyword) d->set(k, v);
+      return Value(std::move(d));
+    });
+    fn("raise_exception", [](const Arguments& a) -> Value {
+      throw Error("raise_exception: " + (a.positional.empty() ? std::string() : to_string(a.positional[0])));
+    });
+    std::size_t* iterations = &iterations_;
+    const std::size_t budget = limits_.max_loop_iterations;
+    fn("range", [iterations, budget](const Arguments& a) {
+      std::int64_t start = 0, stop = 0, step = 1;
+      const auto at = [&](std::size_t i) {
+        if (!a.positional[i].is_int()) throw Error("range() arguments must be integers");
+        return a.positional[i].as_int();
+      };
+      if (a.positional.size() == 1) stop = at(0);
+      else if (a.positional.size() >= 2) {
+        start = at(0);
+        stop = at(1);
+        if (a.positional.size() >= 3) step = at(2);
+      } else {
+        throw Error("range() takes 1 to 3 arguments");
+      }
+      if (step == 0) throw Error("range() step must not be zero");
+      const std::int64_t span = step > 0 ? stop - start : start - stop;
+      const std::int64_t n = span <= 0 ? 0 : (span + std::abs(step) - 1) / std::abs(step);
+      if (static_cast<std::uint64_t>(n) > budget - std::min(budget, *iterations)) {
+        throw Error("range() of " + std::to_string(n) + " items exceeds the loop iteration limit");
+      }
+      List out;
+      for (std::int64_t i = 0; i < n; ++i) out.emplace_back(start + i * step);
+      return Value::make_list(std::move(out));
+    });
+    fn("strftime_now", [](const Arguments& a) {
+      if (a.positional.empty() || !a.positional[0].is_string()) throw Error("strftime_now(format) needs a format string");
+      const std::time_t now = std::time(nullptr);
+      std::tm local{};
+      localtime_r(&now, &local);
+      char buf[256];
+      const std::size_t n = std::strftime(buf, sizeof buf, a.positional[0].str().c_str(), &local);
+      return Value(std::string(buf, n));
+    });
+    return globals_;
+  }
+
+  Limits limits_;
+  std::string out_;
+  std::vector<std::unordered_map<std::string, Value>> scopes_;
+  std::size_t iterations_ = 0;
+  std::unordered_map<std::string, Value> globals_;
+};
+
+}  // namespace detail
+
+// A parsed template; render() may be called any number of times, from several threads.
+class Template {
+ public:
+  // Parses `source`; a syntax error or an unsupported construct throws TemplateError with its line and column.
+  explicit Template(std::string source, Options options = {}, Limits limits = {})
+      : source_(std::move(source)), limits_(limits) {
+    if (source_.size() > limits_.max_template_bytes) {
+      throw TemplateError("the template has " + std::to_string(source_.size()) + " bytes, more than the limit of " +
+                              std::to_string(limits_.max_template_bytes), 1, 1);
+    }
+    if (!is_valid_utf8(source_)) throw TemplateError("the template is not valid UTF-8", 1, 1);
+    detail::Lexer lexer(source_, options);
+    detail::Parser parser(lexer.run(), limits_);
+    body_ = std::make_shared<detail::Body>(parser.parse());
+  }
+
+  // Renders with the given variables (name -> value).
+  [[nodiscard]] std::string render(const Dict& variables) const {
+    detail::Renderer renderer(limits_, variables);
+    return renderer.run(*body_);
+  }
+
+  // Renders with variables from a JSON object (nlohmann::ordered_json keeps key order for tojson).
+  template <typename Json>
+  [[nodiscard]] std::string render_json(const Json& variables) const {
+    const Value v = from_json(variables);
+    if (!v.is_dict()) throw Error("template variables must be a JSON object");
+    return render(v.dict());
+  }
+
+  [[nodiscard]] const std::string& source() const noexcept { return source_; }
+
+ private:
+  std::string source_;
+  Limits limits_;
+  std::shared_ptr<const detail::Body> body_;
+};
+
+}  // namespace xpo::text::jinja

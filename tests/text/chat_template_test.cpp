@@ -1,0 +1,231 @@
+// Chat templates: every conversation of $XPO_FIXTURES_DIR/tokenizers/*/chat_cases.jsonl renders byte-identically
+// and encodes to the golden ids; the Jinja subset's semantics (whitespace control, loops, namespaces, filters,
+// tests, slicing) against Jinja2's documented behaviour; malformed and hostile templates; prompt preparation.
+#include <xpo/text/chat.hpp>
+
+#include <gtest/gtest.h>
+
+#include "support/fixtures.hpp"
+
+namespace {
+
+using nlohmann::ordered_json;
+using xpo::text::ChatOptions;
+using xpo::text::ChatTemplate;
+using xpo::text::Tokenizer;
+using xpo::text::jinja::Template;
+using xpo::text::jinja::TemplateError;
+
+std::string render(const std::string& source, const ordered_json& vars = ordered_json::object()) {
+  return Template(source).render_json(vars);
+}
+
+const Tokenizer& qwen() {
+  static const Tokenizer t = Tokenizer::from_pretrained(xpo::test::fixture_path("tokenizers/qwen"));
+  return t;
+}
+
+// Reads a JSONL fixture keeping key order (messages are rendered; tojson would see the order).
+std::vector<ordered_json> read_ordered_jsonl(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open " + path.string());
+  std::vector<ordered_json> rows;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t\r") != std::string::npos) rows.push_back(ordered_json::parse(line));
+  }
+  return rows;
+}
+
+TEST(ChatTemplateParity, EveryGoldenConversation) {
+  std::size_t folders = 0;
+  for (const auto& e : std::filesystem::directory_iterator(xpo::test::fixture_path("tokenizers"))) {
+    const auto cases_path = e.path() / "chat_cases.jsonl";
+    if (!std::filesystem::exists(cases_path)) continue;
+    ++folders;
+    const auto tok = Tokenizer::from_pretrained(e.path());
+    const auto chat = ChatTemplate::of(tok);
+    const auto cases = read_ordered_jsonl(cases_path);
+    ASSERT_FALSE(cases.empty()) << cases_path;
+    for (const auto& c : cases) {
+      const auto id = c.at("id").get<std::string>();
+      ChatOptions options;
+      options.add_generation_prompt = c.at("add_generation_prompt").get<bool>();
+      if (c.contains("template_kwargs")) options.template_kwargs = c.at("template_kwargs");
+      const std::string text = chat.render(c.at("messages"), tok.special_tokens(), options);
+      EXPECT_EQ(text, c.at("rendered_text").get<std::string>()) << id;
+      EXPECT_EQ(tok.encode(text, false), c.at("ids").get<std::vector<xpo::text::TokenId>>()) << id;
+    }
+  }
+  EXPECT_GT(folders, 0U) << "no tokenizers/*/chat_cases.jsonl in the fixture set";
+}
+
+// ---- Jinja semantics (expected strings follow Jinja2's documented rules) --------------------------------------
+
+TEST(Jinja, WhitespaceControlAndBlockTrimming) {
+  // trim_blocks drops the newline after a block tag; lstrip_blocks the indentation before it.
+  EXPECT_EQ(render("{% if true %}\n  yes\n{% endif %}\nend"), "  yes\nend");
+  EXPECT_EQ(render("  {% if true %}x{% endif %}"), "x");
+  EXPECT_EQ(render("a  {% if true %}x{% endif %}"), "a  x");  // not at a line start: kept
+  EXPECT_EQ(render("a\n    {%+ if true %}x{% endif %}"), "a\n    x");  // '+' disables lstrip
+  EXPECT_EQ(render("a   {{- 'b' -}}   \n c"), "abc");
+  EXPECT_EQ(render("a\n{%- if true -%}\n\n b {%- endif %}"), "ab");
+  EXPECT_EQ(render("{{ 'x' }}\n"), "x\n");  // trim_blocks does not apply to {{ }}
+  EXPECT_EQ(render("a{# note #}\nb"), "ab");
+  EXPECT_EQ(render("{% if true +%}\nx{% endif %}"), "\nx");
+}
+
+TEST(Jinja, LoopsNamespacesAndScoping) {
+  ordered_json vars = {{"xs", {"a", "b", "c"}}};
+  EXPECT_EQ(render("{% for x in xs %}{{ loop.index }}{{ x }}{% if not loop.last %},{% endif %}{% endfor %}", vars), "1a,2b,3c");
+  EXPECT_EQ(render("{% for x in xs[::-1] %}{{ loop.index0 }}{{ x }}{{ loop.length }}{% endfor %}", vars), "0c31b32a3");
+  EXPECT_EQ(render("{% for x in xs if x != 'b' %}{{ x }}{% else %}none{% endfor %}", vars), "ac");
+  EXPECT_EQ(render("{% for x in [] %}{{ x }}{% else %}none{% endfor %}"), "none");
+  // set inside a loop does not leak; a namespace carries the value out.
+  EXPECT_EQ(render("{% set n = 0 %}{% for x in xs %}{% set n = n + 1 %}{% endfor %}{{ n }}", vars), "0");
+  EXPECT_EQ(render("{% set ns = namespace(n=0) %}{% for x in xs %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}", vars), "3");
+  EXPECT_EQ(render("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}"), "a=1;b=2;");
+  EXPECT_EQ(render("{% for x in range(5) %}{% if x == 3 %}{% break %}{% endif %}{% if x == 1 %}{% continue %}{% endif %}{{ x }}{% endfor %}"), "02");
+  EXPECT_EQ(render("{% set x %}in{{ 1 + 1 }}{% endset %}[{{ x }}]"), "[in2]");
+}
+
+TEST(Jinja, ExpressionsFiltersAndTests) {
+  EXPECT_EQ(render("{{ 1 + 2 * 3 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 1 / 2 }} {{ 2 ** 10 }}"), "7 3 -4 1 2 0.5 1024");
+  EXPECT_EQ(render("{{ 'a' ~ 1 ~ none }} {{ 'a' + 'b' }} {{ [1] + [2] }} {{ 'ab' * 2 }}"), "a1None ab [1, 2] abab");
+  EXPECT_EQ(render("{{ 1 if false }}|{{ 'y' if 1 < 2 else 'n' }}|{{ 0 or 'z' }}|{{ 1 and 2 }}"), "|y|z|2");
+  EXPECT_EQ(render("{{ 'b' in 'abc' }} {{ 2 not in [1, 2] }} {{ 'k' in {'k': 1} }}"), "True False True");
+  EXPECT_EQ(render("{{ ' hi '|trim }}|{{ 'ab'|upper }}|{{ 'hello world'|capitalize }}|{{ [1,2,3]|length }}|{{ 'héllo'|length }}"),
+            "hi|AB|Hello world|3|5");
+  EXPECT_EQ(render("{{ [1,2,3]|first }}{{ [1,2,3]|last }}|{{ ['a','b']|join('-') }}|{{ 'a.b.c'|replace('.', '/') }}"), "13|a-b|a/b/c");
+  EXPECT_EQ(render("{{ undefined_thing|default('d') }}|{{ ''|default('d', true) }}|{{ 'x'|default('d') }}"), "d|d|x");
+  EXPECT_EQ(render("{{ {'b': [1, 2.5, none, true], 'a': 'q\"\\n'}|tojson }}"), R"({"b": [1, 2.5, null, true], "a": "q\"\n"})");
+  EXPECT_EQ(render("{{ {'a': [1]}|tojson(indent=2) }}"), "{\n  \"a\": [\n    1\n  ]\n}");
+  EXPECT_EQ(render("{{ 'a,b,,c'.split(',') }} {{ '  a  b '.split() }} {{ 'xxhixx'.strip('x') }} {{ '\\n\\nhi'.lstrip('\\n') }}"),
+            "['a', 'b', '', 'c'] ['a', 'b'] hi hi");
+  EXPECT_EQ(render("{{ 'abc'.startswith('ab') }} {{ 'abc'.endswith(('x', 'c')) }} {{ 'a</think>b'.split('</think>')[-1] }}"), "True True b");
+  EXPECT_EQ(render("{{ 'héllo'[1] }}{{ 'héllo'[-1] }}{{ 'héllo'[1:3] }}{{ [1,2,3,4][::2] }}{{ [1,2,3][-2:] }}"), "éoél[1, 3][2, 3]");
+  EXPECT_EQ(render("{{ x is defined }} {{ none is none }} {{ 'a' is string }} {{ {} is mapping }} {{ false is false }} {{ 0 is false }} {{ 3 is odd }} {{ x is not defined }}"),
+            "False True True True True False True True");
+  EXPECT_EQ(render("{{ m.role }}|{{ m['content'] }}|{{ m.missing }}|{{ m.get('missing', 'dflt') }}",
+                   {{"m", {{"role", "user"}, {"content", "hi"}}}}),
+            "user|hi||dflt");
+  EXPECT_EQ(render("{{ 1.0 }} {{ 0.1 + 0.2 }} {{ 1e20 }} {{ 3 / 1 }} {{ true }} {{ none }}"), "1.0 0.30000000000000004 1e+20 3.0 True None");
+  EXPECT_EQ(render("{{ msgs|selectattr('role', 'equalto', 'user')|map(attribute='c')|join(',') }}",
+                   {{"msgs", {{{"role", "user"}, {"c", "1"}}, {{"role", "bot"}, {"c", "2"}}, {{"role", "user"}, {"c", "3"}}}}}),
+            "1,3");
+}
+
+TEST(Jinja, ContentIsDataNeverTemplate) {
+  EXPECT_EQ(render("{{ c }}", {{"c", "{{ 1 + 1 }} {% if %}"}}), "{{ 1 + 1 }} {% if %}");
+}
+
+// ---- errors: clear, with line and column ----------------------------------------------------------------------
+
+void expect_template_error(const std::string& source, const std::string& needle, int line = 0, int column = 0,
+                           const ordered_json& vars = ordered_json::object(), xpo::text::jinja::Limits limits = {}) {
+  try {
+    (void)Template(source, {}, limits).render_json(vars);
+    ADD_FAILURE() << "no error for: " << source;
+  } catch (const TemplateError& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    if (line > 0) {
+      EXPECT_EQ(e.line(), line) << e.what();
+    }
+    if (column > 0) {
+      EXPECT_EQ(e.column(), column) << e.what();
+    }
+  }
+}
+
+TEST(JinjaErrors, MalformedTemplates) {
+  expect_template_error("a\n{% if x %}b", "unclosed block", 0, 0);
+  expect_template_error("a {{ x ", "unclosed expression", 1, 3);
+  expect_template_error("{% if x %}\n{{ x|frobnicate }}{% endif %}", "unknown filter 'frobnicate'", 2, 6);
+  expect_template_error("{{ x is frob }}", "unknown test 'frob'", 1, 9);
+  expect_template_error("line1\n  {% macro m() %}{% endmacro %}", "unsupported tag 'macro'", 2, 6);
+  expect_template_error("{% endfor %}", "without a matching opening tag", 1, 4);
+  expect_template_error("{{ 'abc }}", "unterminated string", 1, 4);
+  expect_template_error("{# never closed", "unclosed comment", 1, 1);
+  expect_template_error("{{ 1 + }}", "expected an expression", 1, 8);
+  expect_template_error("{{" + std::string(300, '(') + "1" + std::string(300, ')') + "}}", "nesting deeper");
+}
+
+TEST(JinjaErrors, RuntimeErrorsAndBounds) {
+  expect_template_error("{{ raise_exception('Conversation roles must alternate') }}", "Conversation roles must alternate", 1, 4);
+  expect_template_error("\n\n{{ messages[0].role }}", "'messages' is undefined", 3, 4);
+  expect_template_error("{{ 'a' + 1 }}", "unsupported operand types for +: 'str' and 'int'", 1, 8);
+  expect_template_error("{% set x = 1 %}{% set x.y = 2 %}", "only namespace() objects");
+  // An endless-looking loop and an exploding output both stop at the limits, with an error.
+  expect_template_error("{% for i in range(1000000000) %}x{% endfor %}", "loop iteration limit");
+  expect_template_error("{% for i in range(2000) %}{% for j in range(2000) %}{% endfor %}{% endfor %}", "loop iteration");
+  xpo::text::jinja::Limits small;
+  small.max_output_bytes = 1000;
+  expect_template_error("{% for i in range(500) %}abc{% endfor %}", "output exceeds", 0, 0, ordered_json::object(), small);
+  expect_template_error("{{ 'x' * 100000 }}", "exceeds the output limit", 0, 0, ordered_json::object(), small);
+  small.max_template_bytes = 10;
+  EXPECT_THROW(Template(std::string(11, 'a'), {}, small), TemplateError);
+}
+
+// ---- prompt preparation --------------------------------------------------------------------------------------
+
+TEST(PreparePrompt, StandardAndConversationalPrompts) {
+  const auto& tok = qwen();
+  const auto chat = ChatTemplate::of(tok);
+  const ordered_json user = ordered_json::array({{{"role", "user"}, {"content", "What is 2+2?"}}});
+
+  // Standard prompt: the text as is.
+  const auto plain = xpo::text::prepare_prompt(tok, ordered_json("The sky is"), &chat);
+  EXPECT_EQ(plain.text, "The sky is");
+  EXPECT_EQ(plain.ids, tok.encode("The sky is", false));
+
+  // Last role user: rendered with the generation prompt.
+  ChatOptions gen;
+  gen.add_generation_prompt = true;
+  const auto p = xpo::text::prepare_prompt(tok, user, &chat);
+  EXPECT_EQ(p.text, chat.render(user, tok.special_tokens(), gen));
+  EXPECT_EQ(p.ids, tok.encode(p.text, false));
+
+  // Last role assistant: the text stops right after that message's content.
+  ordered_json partial = user;
+  partial.push_back({{"role", "assistant"}, {"content", "The answer is"}});
+  const auto c = xpo::text::prepare_prompt(tok, partial, &chat);
+  ASSERT_GE(c.text.size(), std::string("The answer is").size());
+  EXPECT_EQ(c.text.substr(c.text.size() - 13), "The answer is");
+  const std::string full = chat.render(partial, tok.special_tokens());
+  EXPECT_EQ(full.substr(0, c.text.size()), c.text);
+  EXPECT_GT(full.size(), c.text.size());  // the end-of-turn was cut
+
+  // template kwargs reach the template.
+  const auto no_think = xpo::text::prepare_prompt(tok, user, &chat, {{"enable_thinking", false}});
+  EXPECT_NE(no_think.text, p.text);
+  EXPECT_EQ(no_think.text.substr(0, p.text.size()), p.text);
+
+  // Other last roles and malformed prompts are errors naming where.
+  ordered_json sys = ordered_json::array({{{"role", "system"}, {"content", "x"}}});
+  try {
+    (void)xpo::text::prepare_prompt(tok, sys, &chat, ordered_json::object(), "prompts.jsonl:7");
+    ADD_FAILURE();
+  } catch (const xpo::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("prompts.jsonl:7"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("\"system\""), std::string::npos) << e.what();
+  }
+  EXPECT_THROW((void)xpo::text::prepare_prompt(tok, ordered_json::array({{{"content", "x"}}}), &chat), xpo::ConfigError);
+  EXPECT_THROW((void)xpo::text::prepare_prompt(tok, ordered_json(3), &chat), xpo::ConfigError);
+}
+
+// A template given directly (TRL's SIMPLE_CHAT_TEMPLATE), and a BOS prepended once when the tokenizer has one.
+TEST(PreparePrompt, DirectTemplateAndBos) {
+  Tokenizer tok = qwen();
+  const ChatTemplate simple(xpo::text::kSimpleChatTemplate);
+  const ordered_json msgs = ordered_json::array({{{"role", "user"}, {"content", "Hi"}}});
+  ChatOptions gen;
+  gen.add_generation_prompt = true;
+  EXPECT_EQ(simple.render(msgs, tok.special_tokens(), gen), "User: Hi\n\nAssistant:");
+  tok.set_chat_template(xpo::text::kSimpleChatTemplate);
+  EXPECT_EQ(ChatTemplate::of(tok).source(), xpo::text::kSimpleChatTemplate);
+  EXPECT_EQ(tok.special_tokens().bos_id, std::nullopt);
+  const auto p = xpo::text::prepare_prompt(tok, msgs, &simple);
+  EXPECT_EQ(p.ids, tok.encode("User: Hi\n\nAssistant:", false));
+}
+
+}  // namespace
