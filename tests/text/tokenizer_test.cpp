@@ -208,6 +208,22 @@ TEST(TokenizerProperties, WhitespaceClassIsUnicodeWhiteSpace) {
   EXPECT_EQ(lookahead.find_all("a   b").front().end - lookahead.find_all("a   b").front().begin, 2U);
 }
 
+// normalize() sends only non-ASCII runs (with the character before each) through utf8proc; the result must equal
+// normalizing the whole string at once, on every fixture text and on texts built to stress the run boundaries.
+TEST(TokenizerProperties, ChunkedNormalizationEqualsWholeString) {
+  using xpo::text::NormalizationForm;
+  std::vector<std::string> texts = {"e\xCC\x81", "a\xCC\x81\xCC\xA3 x", "\xCC\x81start", "caf\xC3\xA9\xCC\x81",
+                                    "\xE1\x84\x80\xE1\x85\xA1 \xEA\xB0\x80", "A\xE2\x84\xAB\xCD\xBE;", "plain"};
+  for (const auto& folder : tokenizer_folders()) {
+    for (const auto& c : xpo::test::read_jsonl(folder / "cases.jsonl")) texts.push_back(c.at("text").get<std::string>());
+  }
+  for (const auto form : {NormalizationForm::NFC, NormalizationForm::NFD, NormalizationForm::NFKC, NormalizationForm::NFKD}) {
+    for (const auto& t : texts) {
+      EXPECT_EQ(xpo::text::normalize(t, form), xpo::text::detail::utf8proc_normalize(t, form)) << t;
+    }
+  }
+}
+
 TEST(TokenizerProperties, LossyUtf8IsMaximalSubpart) {
   using xpo::text::utf8_lossy;
   const std::string fffd = "\xEF\xBF\xBD";
@@ -235,24 +251,28 @@ TEST(TokenizerProperties, IgnoreMergesIsHonoured) {
   EXPECT_EQ(t.encode("abcab", false), (std::vector<TokenId>{3, 2, 3}));  // not in vocab: merges apply
 }
 
-// Added-token flags: lstrip/rstrip swallow neighbouring spaces, single_word needs word boundaries, and a
-// TemplateProcessing post-processor adds a BOS only when asked.
-TEST(TokenizerProperties, AddedTokenFlagsAndPostProcessor) {
+// A byte-level tokenizer.json with the 256 byte tokens and the given added tokens (ids = byte values).
+nlohmann::json synthetic_tokenizer(const nlohmann::json& added) {
   nlohmann::json vocab = nlohmann::json::object();
   const auto& alphabet = xpo::text::ByteAlphabet::get();
   for (int b = 0; b < 256; ++b) vocab[alphabet.utf8_of_byte[static_cast<std::size_t>(b)]] = b;
-  nlohmann::json j = {
-      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
-      {"added_tokens",
-       {{{"id", 300}, {"content", "<m>"}, {"lstrip", true}, {"rstrip", true}, {"special", true}, {"normalized", false}},
-        {{"id", 301}, {"content", "cat"}, {"single_word", true}, {"special", false}, {"normalized", false}},
-        {{"id", 302}, {"content", "<s>"}, {"special", true}, {"normalized", false}}}},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
-      {"post_processor",
-       {{"type", "TemplateProcessing"},
-        {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-        {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {302}}, {"tokens", {"<s>"}}}}}}}},
-      {"decoder", {{"type", "ByteLevel"}}}};
+  return {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
+          {"added_tokens", added},
+          {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+          {"decoder", {{"type", "ByteLevel"}}}};
+}
+
+// Added-token flags: lstrip/rstrip swallow neighbouring spaces, single_word needs word boundaries, and a
+// TemplateProcessing post-processor adds a BOS only when asked.
+TEST(TokenizerProperties, AddedTokenFlagsAndPostProcessor) {
+  nlohmann::json j = synthetic_tokenizer(
+      {{{"id", 300}, {"content", "<m>"}, {"lstrip", true}, {"rstrip", true}, {"special", true}, {"normalized", false}},
+       {{"id", 301}, {"content", "cat"}, {"single_word", true}, {"special", false}, {"normalized", false}},
+       {{"id", 302}, {"content", "<s>"}, {"special", true}, {"normalized", false}}});
+  j["post_processor"] = {
+      {"type", "TemplateProcessing"},
+      {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+      {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {302}}, {"tokens", {"<s>"}}}}}}};
   const auto t = Tokenizer::from_json(j);
   EXPECT_EQ(t.encode("x  <m>  y", false), (std::vector<TokenId>{'x', 300, 'y'}));
   EXPECT_EQ(t.encode("a cat", false), (std::vector<TokenId>{'a', ' ', 301}));  // ids = byte values here
@@ -260,6 +280,57 @@ TEST(TokenizerProperties, AddedTokenFlagsAndPostProcessor) {
   EXPECT_EQ(t.encode("x", true), (std::vector<TokenId>{302, 'x'}));
   EXPECT_EQ(t.decode(std::vector<TokenId>{302, 'x', 300}, true), "x");
   EXPECT_EQ(t.decode(std::vector<TokenId>{302, 'x', 301}, true), "xcat");  // not special: kept
+}
+
+void write_file(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+// Special tokens as transformers resolves them: tokenizer_config.json first (strings or {"content": ...}), then
+// special_tokens_map.json; generation stop ids from generation_config.json (int or list); chat_template.jinja
+// wins over the config's template, and a list of named templates uses "default".
+class TokenizerFolder : public xpo::test::ScratchDir {};
+
+TEST_F(TokenizerFolder, SpecialTokensGenerationConfigAndTemplates) {
+  const nlohmann::json added = {{{"id", 300}, {"content", "<eos>"}, {"special", true}},
+                                {{"id", 301}, {"content", "<pad>"}, {"special", true}},
+                                {{"id", 302}, {"content", "<bos>"}, {"special", true}},
+                                {{"id", 303}, {"content", "<eot>"}, {"special", true}}};
+  write_file(dir_ / "tokenizer.json", synthetic_tokenizer(added).dump());
+  write_file(dir_ / "tokenizer_config.json",
+             nlohmann::json{{"eos_token", {{"content", "<eos>"}, {"lstrip", false}}},
+                            {"bos_token", "<bos>"},
+                            {"chat_template", nlohmann::json::array({{{"name", "tool_use"}, {"template", "T"}},
+                                                                     {{"name", "default"}, {"template", "D"}}})}}
+                 .dump());
+  write_file(dir_ / "special_tokens_map.json", nlohmann::json{{"pad_token", "<pad>"}, {"eos_token", "<bos>"}}.dump());
+  auto t = Tokenizer::from_pretrained(dir_);
+  EXPECT_EQ(t.special_tokens().eos_id, 300);  // tokenizer_config.json wins over special_tokens_map.json
+  EXPECT_EQ(t.special_tokens().pad_id, 301);
+  EXPECT_EQ(t.special_tokens().bos_id, 302);
+  EXPECT_EQ(t.special_tokens().generation_eos_ids, std::vector<TokenId>{300});
+  EXPECT_EQ(t.chat_template(), "D");
+
+  write_file(dir_ / "generation_config.json", nlohmann::json{{"eos_token_id", {300, 303}}}.dump());
+  write_file(dir_ / "chat_template.jinja", "J");
+  t = Tokenizer::from_pretrained(dir_);
+  EXPECT_EQ(t.special_tokens().generation_eos_ids, (std::vector<TokenId>{300, 303}));
+  EXPECT_EQ(t.chat_template(), "J");
+
+  write_file(dir_ / "generation_config.json", nlohmann::json{{"eos_token_id", 303}}.dump());
+  EXPECT_EQ(Tokenizer::from_pretrained(dir_).special_tokens().generation_eos_ids, std::vector<TokenId>{303});
+
+  // A special token that is not in the vocabulary is an error naming the field and the file.
+  write_file(dir_ / "tokenizer_config.json", nlohmann::json{{"eos_token", "<nope>"}}.dump());
+  try {
+    (void)Tokenizer::from_pretrained(dir_);
+    ADD_FAILURE();
+  } catch (const xpo::FileError& e) {
+    EXPECT_NE(std::string(e.what()).find("eos_token \"<nope>\""), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove(dir_ / "tokenizer.json");
+  EXPECT_THROW((void)Tokenizer::from_pretrained(dir_), xpo::FileError);
 }
 
 // Malformed tokenizer.json files are clear errors that say what is wrong.

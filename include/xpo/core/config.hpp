@@ -12,14 +12,13 @@
 #include <concepts>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <vector>
 
 #include "xpo/core/errors.hpp"
+#include "xpo/core/json_file.hpp"
 #include "xpo/core/validation.hpp"
 
 namespace xpo {
@@ -326,32 +325,9 @@ inline XPOConfig XPOConfig::from_json(const nlohmann::json& j, std::string_view 
 }
 
 inline XPOConfig XPOConfig::load(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw FileError(path.string(), "cannot open the config file");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw FileError(path.string(), std::string("not valid JSON: ") + e.what());
-  }
-  return from_json(j, path.string());
+  return from_json(read_json_file(path, std::uintmax_t{1} << 24), path.string());
 }
 
-inline void XPOConfig::save(const std::filesystem::path& path) const {
-  const auto tmp = std::filesystem::path(path.string() + ".tmp");
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw FileError(tmp.string(), "cannot write the config file");
-    out << to_json().dump(2) << '\n';
-    out.flush();
-    if (!out) throw FileError(tmp.string(), "write failed (disk full?)");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    throw FileError(path.string(), "cannot move the written config into place: " + ec.message());
-  }
-}
+inline void XPOConfig::save(const std::filesystem::path& path) const { write_json_file(path, to_json()); }
 
 }  // namespace xpo

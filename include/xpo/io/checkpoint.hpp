@@ -7,41 +7,20 @@
 #include <torch/torch.h>
 
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "xpo/core/errors.hpp"
+#include "xpo/core/json_file.hpp"
 #include "xpo/io/safetensors.hpp"
 
 namespace xpo::io {
 
-inline nlohmann::json read_json_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw FileError(path.string(), "cannot open the file");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw FileError(path.string(), std::string("not valid JSON: ") + e.what());
-  }
-}
-
-// Writes JSON to "<path>.tmp" and renames it into place.
-inline void write_json_file(const std::filesystem::path& path, const nlohmann::json& j) {
-  const auto tmp = std::filesystem::path(path.string() + ".tmp");
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw FileError(tmp.string(), "cannot create the file");
-    out << j.dump(2) << '\n';
-    out.flush();
-    if (!out) throw FileError(tmp.string(), "write failed (disk full?)");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) throw FileError(path.string(), "cannot move the written file into place: " + ec.message());
-}
+// The atomic JSON writer and bounded reader live in core/json_file.hpp; io:: callers keep their names.
+using xpo::read_json_file;
+using xpo::write_json_file;
 
 class TensorStore {
  public:

@@ -19,13 +19,12 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <mutex>
 #include <optional>
 #include <span>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -37,6 +36,7 @@
 #include <nlohmann/json.hpp>
 
 #include "xpo/core/errors.hpp"
+#include "xpo/core/json_file.hpp"
 #include "xpo/core/padding.hpp"
 #include "xpo/text/regex.hpp"
 #include "xpo/text/unicode.hpp"
@@ -44,6 +44,9 @@
 namespace xpo::text {
 
 using TokenId = std::int64_t;
+
+// The largest tokenizer file accepted (the biggest public tokenizer.json files are ~30 MB).
+inline constexpr std::uintmax_t kMaxTokenizerFileBytes = std::uintmax_t{256} << 20;
 
 // An entry of tokenizer.json's "added_tokens".
 struct AddedToken {
@@ -314,32 +317,22 @@ class Tokenizer {
     std::vector<TokenId> ids;  // the special token's ids
   };
 
+  struct StringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  };
   struct MergeCache {
     static constexpr std::size_t kShards = 16;
     static constexpr std::size_t kCapacityPerShard = 4096;
     struct Shard {
       std::mutex mutex;
-      std::unordered_map<std::string, std::vector<TokenId>> map;
+      std::unordered_map<std::string, std::vector<TokenId>, StringHash, std::equal_to<>> map;
     };
     std::array<Shard, kShards> shards;
   };
 
-  static nlohmann::json read_json(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw FileError(path.string(), "cannot open the file");
-    try {
-      return nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      throw FileError(path.string(), std::string("not valid JSON: ") + e.what());
-    }
-  }
-  static std::string read_text(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw FileError(path.string(), "cannot open the file");
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-  }
+  static nlohmann::json read_json(const std::filesystem::path& path) { return read_json_file(path, kMaxTokenizerFileBytes); }
+  static std::string read_text(const std::filesystem::path& path) { return read_text_file(path, kMaxTokenizerFileBytes); }
   static std::string parse_chat_template_field(const nlohmann::json& field, const std::string& source) {
     if (field.is_string()) return field.get<std::string>();
     if (field.is_array()) {  // named templates: [{"name": "default", "template": "..."}, ...]
@@ -740,9 +733,10 @@ class Tokenizer {
     return s;
   }
 
-  // Applies one Split to every piece (HF's SplitDelimiterBehavior semantics).
-  static void split_pieces(std::vector<std::string>& pieces, const Regex& regex, SplitBehavior behavior, bool invert) {
-    std::vector<std::string> out;
+  // Applies one Split to every piece (HF's SplitDelimiterBehavior semantics). Pieces are views into the
+  // normalized text or into `storage`.
+  static void split_pieces(std::vector<std::string_view>& pieces, const Regex& regex, SplitBehavior behavior, bool invert) {
+    std::vector<std::string_view> out;
     out.reserve(pieces.size() * 2);
     for (const auto& piece : pieces) {
       struct Part {
@@ -796,7 +790,7 @@ class Tokenizer {
         }
       }
       for (const auto& p : kept) {
-        if (p.end > p.begin) out.emplace_back(piece.substr(p.begin, p.end - p.begin));
+        if (p.end > p.begin) out.push_back(piece.substr(p.begin, p.end - p.begin));
       }
     }
     pieces = std::move(out);
@@ -825,7 +819,8 @@ class Tokenizer {
           ids.push_back(sub.token);
           continue;
         }
-        std::vector<std::string> pieces{normalized.substr(sub.begin, sub.end - sub.begin)};
+        std::vector<std::string_view> pieces{std::string_view(normalized).substr(sub.begin, sub.end - sub.begin)};
+        std::deque<std::string> storage;  // pieces that add_prefix_space rewrote
         for (const auto& step : pre_tokenizers_) {
           if (const auto* split = std::get_if<SplitStep>(&step)) {
             split_pieces(pieces, *split->regex, split->behavior, split->invert);
@@ -833,7 +828,10 @@ class Tokenizer {
             const auto& bl = std::get<ByteLevelStep>(step);
             if (bl.add_prefix_space) {
               for (auto& p : pieces) {
-                if (p.empty() || p.front() != ' ') p.insert(p.begin(), ' ');
+                if (!p.empty() && p.front() == ' ') continue;
+                std::string& spaced = storage.emplace_back(1, ' ');
+                spaced.append(p.data(), p.size());
+                p = spaced;
               }
             }
             if (bl.regex) split_pieces(pieces, *bl.regex, SplitBehavior::isolated, false);
@@ -870,9 +868,9 @@ class Tokenizer {
     const bool cacheable = word.size() <= 256;
     MergeCache::Shard* shard = nullptr;
     if (cacheable) {
-      shard = &cache_->shards[std::hash<std::string_view>{}(word) % MergeCache::kShards];
+      shard = &cache_->shards[StringHash{}(word) % MergeCache::kShards];
       std::lock_guard lock(shard->mutex);
-      if (const auto it = shard->map.find(std::string(word)); it != shard->map.end()) {
+      if (const auto it = shard->map.find(word); it != shard->map.end()) {
         ids.insert(ids.end(), it->second.begin(), it->second.end());
         return;
       }

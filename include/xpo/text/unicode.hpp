@@ -115,18 +115,8 @@ constexpr bool is_unicode_whitespace(char32_t c) {
 
 enum class NormalizationForm { NFC, NFD, NFKC, NFKD };
 
-// Normalizes valid UTF-8 text. ASCII (and, for NFC, text without code points >= U+0300, none of which change
-// under NFC) is returned as is without calling into utf8proc.
-inline std::string normalize(std::string_view text, NormalizationForm form) {
-  bool below = true;
-  const unsigned char limit = form == NormalizationForm::NFC ? 0xCC : 0x80;  // U+0300 starts with 0xCC 0x80
-  for (const char ch : text) {
-    if (static_cast<unsigned char>(ch) >= limit) {
-      below = false;
-      break;
-    }
-  }
-  if (below) return std::string(text);
+namespace detail {
+inline std::string utf8proc_normalize(std::string_view text, NormalizationForm form) {
   int options = UTF8PROC_STABLE;
   switch (form) {
     case NormalizationForm::NFC: options |= UTF8PROC_COMPOSE; break;
@@ -141,6 +131,39 @@ inline std::string normalize(std::string_view text, NormalizationForm form) {
   if (n < 0) throw Error(std::string("Unicode normalization failed: ") + utf8proc_errmsg(n));
   std::unique_ptr<utf8proc_uint8_t, decltype(&std::free)> owned(result, &std::free);
   return std::string(reinterpret_cast<const char*>(result), static_cast<std::size_t>(n));
+}
+}  // namespace detail
+
+// Normalizes valid UTF-8 text. ASCII never changes and is a safe boundary (a starter that no composition has
+// as its second character), so only the non-ASCII runs — each with the character before it, which a combining
+// mark may attach to — go through utf8proc; for NFC, runs of code points below U+0300 (none of which change
+// under NFC) are skipped too.
+inline std::string normalize(std::string_view text, NormalizationForm form) {
+  const unsigned char limit = form == NormalizationForm::NFC ? 0xCC : 0x80;  // U+0300 is 0xCC 0x80
+  std::string out;
+  std::size_t copied = 0;  // text[0, copied) is already in `out`
+  std::size_t i = 0;
+  while (i < text.size()) {
+    if (static_cast<unsigned char>(text[i]) < 0x80) {
+      ++i;
+      continue;
+    }
+    const std::size_t run_begin = i;
+    bool needs = false;
+    while (i < text.size() && static_cast<unsigned char>(text[i]) >= 0x80) {
+      needs = needs || static_cast<unsigned char>(text[i]) >= limit;
+      ++i;
+    }
+    if (!needs) continue;
+    const std::size_t chunk_begin = run_begin > copied ? run_begin - 1 : run_begin;
+    if (out.empty() && copied == 0) out.reserve(text.size() + 16);
+    out.append(text.substr(copied, chunk_begin - copied));
+    out += detail::utf8proc_normalize(text.substr(chunk_begin, i - chunk_begin), form);
+    copied = i;
+  }
+  if (copied == 0) return std::string(text);
+  out.append(text.substr(copied));
+  return out;
 }
 
 // GPT-2's bytes_to_unicode: every byte gets a printable character (printable Latin-1 bytes map to themselves,
