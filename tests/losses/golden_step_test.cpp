@@ -1,6 +1,7 @@
 // Golden XPO steps ($XPO_FIXTURES_DIR/golden/xpo_step_golden.jsonl, schema in ALGORITHM.md §5): the golden ids
-// and aligned logits go through xpo's shared ops, scoring rules, loss and metrics; every intermediate, the loss,
-// every metric and the gradients w.r.t. both policy logit tensors must match.
+// and aligned logits go through the Trainer's own step functions (training/step.hpp: log-probs, scoring rules,
+// loss, metrics); every intermediate, the loss, every metric and the gradients w.r.t. both policy logit tensors
+// must match.
 // Tolerances (ALGORITHM.md §5), as |actual - expected| <= tol * (1 + |expected|):
 //   float64: 1e-9 everywhere;  float32: 1e-5 for the loss, log-probs and metrics, 1e-4 for gradients.
 // [fix] rules: the completion-only EOS penalty (`expected_completion_only_eos_penalty` when present), and
@@ -59,14 +60,13 @@ GoldenRun run_step(const json& golden, torch::ScalarType dtype) {
   im["policy_logps_ref_data_unmasked"] = xpo::selective_log_softmax(policy_logits_ref, ref.ids);
   im["ref_logps_model_data_unmasked"] = xpo::selective_log_softmax(ref_logits_model, model.ids);
   im["ref_logps_ref_data_unmasked"] = xpo::selective_log_softmax(ref_logits_ref, ref.ids);
-  const auto lp_pol_m = xpo::aligned_token_logps(policy_logits_model, model.ids, model.mask);
-  const auto lp_pol_r = xpo::aligned_token_logps(policy_logits_ref, ref.ids, ref.mask);
-  const auto lp_ref_m = xpo::aligned_token_logps(ref_logits_model, model.ids, model.mask);
-  const auto lp_ref_r = xpo::aligned_token_logps(ref_logits_ref, ref.ids, ref.mask);
-  im["policy_logps_model_data"] = lp_pol_m;
-  im["policy_logps_ref_data"] = lp_pol_r;
-  im["ref_logps_model_data"] = lp_ref_m;
-  im["ref_logps_ref_data"] = lp_ref_r;
+  // From here on the Trainer's own step functions (training/step.hpp), fed the golden logits.
+  const auto lp = xpo::training::token_logps_from_aligned_logits(policy_logits_model, policy_logits_ref,
+                                                                 ref_logits_model, ref_logits_ref, model, ref);
+  im["policy_logps_model_data"] = lp.policy_model_data;
+  im["policy_logps_ref_data"] = lp.policy_ref_data;
+  im["ref_logps_model_data"] = lp.ref_model_data;
+  im["ref_logps_ref_data"] = lp.ref_ref_data;
 
   // 4. score and pick the winner
   const std::array<std::int64_t, 1> eos_ids{eos};
@@ -74,30 +74,27 @@ GoldenRun run_step(const json& golden, torch::ScalarType dtype) {
   const auto ref_eos = xpo::contains_any_of(ref.ids, eos_ids);
   im["model_contain_eos_completion"] = model_eos;
   im["ref_contain_eos_completion"] = ref_eos;
-  torch::Tensor chosen, model_scores, ref_scores;
+  xpo::training::Preference preference;
   if (config.at("scorer") == "reward") {
-    model_scores = xpo::scoring::apply_missing_eos_penalty(to_tensor(in.at("model_scores_raw"), dtype), model_eos, penalty);
-    ref_scores = xpo::scoring::apply_missing_eos_penalty(to_tensor(in.at("ref_scores_raw"), dtype), ref_eos, penalty);
-    im["model_scores"] = model_scores;
-    im["ref_scores"] = ref_scores;
-    chosen = xpo::scoring::chosen_mask_from_scores(model_scores, ref_scores);
+    preference = xpo::training::preference_from_scores(to_tensor(in.at("model_scores_raw"), dtype),
+                                                       to_tensor(in.at("ref_scores_raw"), dtype), model_eos, ref_eos, penalty);
+    im["model_scores"] = preference.model_scores;
+    im["ref_scores"] = preference.ref_scores;
   } else {
-    chosen = xpo::scoring::chosen_mask_from_judgements(in.at("judge_ranks").get<std::vector<int>>(), torch::kCPU);
+    preference = xpo::training::preference_from_judgements(in.at("judge_ranks").get<std::vector<int>>(), torch::kCPU);
   }
-  im["chosen_mask"] = chosen;
+  im["chosen_mask"] = preference.chosen_mask;
 
-  // 6. loss
-  const xpo::PreferenceLogps logps{lp_pol_m.sum(-1), lp_pol_r.sum(-1), lp_ref_m.sum(-1), lp_ref_r.sum(-1), chosen};
+  // 6. loss and metrics
+  const auto result = config.at("loss_type") == "sigmoid"
+                          ? xpo::training::loss_and_metrics(xpo::losses::XPO<xpo::losses::Sigmoid>{}, lp, preference, model_eos, ref_eos, weights)
+                          : xpo::training::loss_and_metrics(xpo::losses::XPO<xpo::losses::IPO>{}, lp, preference, model_eos, ref_eos, weights);
+  const auto& logps = result.logps;
   im["policy_logps_model_data_sum"] = logps.policy_model_data;
   im["policy_logps_ref_data_sum"] = logps.policy_ref_data;
   im["ref_logps_model_data_sum"] = logps.ref_model_data;
   im["ref_logps_ref_data_sum"] = logps.ref_ref_data;
-  xpo::LossOutput out;
-  if (config.at("loss_type") == "sigmoid") {
-    out = xpo::losses::XPO<xpo::losses::Sigmoid>{}.compute(logps, weights);
-  } else {
-    out = xpo::losses::XPO<xpo::losses::IPO>{}.compute(logps, weights);
-  }
+  const auto& out = result.loss;
   im["chosen_policy_logps"] = out.chosen_policy_logps;
   im["rejected_policy_logps"] = out.rejected_policy_logps;
   im["chosen_ref_logps"] = out.chosen_ref_logps;
@@ -110,7 +107,7 @@ GoldenRun run_step(const json& golden, torch::ScalarType dtype) {
   im["chosen_rewards"] = out.chosen_rewards;
   im["rejected_rewards"] = out.rejected_rewards;
   run.loss = out.loss;
-  run.metrics = xpo::losses::step_metrics({logps, out, weights, model_eos, ref_eos, model_scores, ref_scores});
+  run.metrics = result.metrics;
 
   // 7. gradients of the loss w.r.t. both policy logit tensors (GA = 1 here)
   out.loss.backward();

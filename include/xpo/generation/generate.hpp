@@ -34,6 +34,19 @@ concept IncrementalLanguageModel =
       cache.select_rows(t);
     };
 
+namespace detail {
+// The model's KV-cache type, or a placeholder for models decoded by recomputation (evaluated lazily, so that
+// cache_t is only named for models that have one).
+template <class M, bool Incremental>
+struct cache_slot {
+  using type = int;
+};
+template <class M>
+struct cache_slot<M, true> {
+  using type = cache_t<M>;
+};
+}  // namespace detail
+
 struct Generation {
   torch::Tensor completion_ids;   // [B, T] int64, pad after the first EOS (T <= max_new_tokens)
   torch::Tensor completion_mask;  // [B, T] int64, 1 up to and including the first EOS
@@ -93,7 +106,7 @@ Generation generate(M& model, const torch::Tensor& prompt_ids, const torch::Tens
     auto all_ids = prompt_ids;                             // [B', P + s], the recompute path only
 
     // Prefill: the prompt in one pass; decoding then feeds one token per row per step.
-    std::optional<std::conditional_t<incremental, cache_t<M>, int>> cache;
+    std::optional<typename detail::cache_slot<M, incremental>::type> cache;
     torch::Tensor logits;  // [B', V] next-token logits of the active rows
     const auto prompt_positions = position_ids_from_mask(mask);
     if constexpr (incremental) {

@@ -145,6 +145,7 @@ class Tokenizer {
                                      "tokenizers are supported)");
     }
     Tokenizer t = from_file(file);
+    t.source_folder_ = folder;
     nlohmann::json config = nlohmann::json::object();
     if (std::filesystem::exists(folder / "tokenizer_config.json")) config = read_json(folder / "tokenizer_config.json");
     nlohmann::json special_map = nlohmann::json::object();
@@ -286,6 +287,18 @@ class Tokenizer {
   [[nodiscard]] const SpecialTokens& special_tokens() const noexcept { return special_; }
   [[nodiscard]] const std::optional<std::string>& chat_template() const noexcept { return chat_template_; }
   [[nodiscard]] std::size_t model_max_length() const noexcept { return model_max_length_; }
+  // The checkpoint folder this tokenizer was read from (from_pretrained), so its files can be copied next to a
+  // trained model; empty otherwise.
+  [[nodiscard]] const std::filesystem::path& source_folder() const noexcept { return source_folder_; }
+  // The files of a checkpoint folder that make up the tokenizer (those that exist in source_folder()).
+  [[nodiscard]] std::vector<std::filesystem::path> source_files() const {
+    std::vector<std::filesystem::path> files;
+    if (source_folder_.empty()) return files;
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}) {
+      if (std::filesystem::exists(source_folder_ / name)) files.push_back(source_folder_ / name);
+    }
+    return files;
+  }
 
   // Sets a chat template given directly (e.g. TRL's SIMPLE_CHAT_TEMPLATE for a base model).
   void set_chat_template(std::string source) { chat_template_ = std::move(source); }
@@ -952,6 +965,7 @@ class Tokenizer {
   std::vector<TemplatePiece> template_;
   SpecialTokens special_;
   std::optional<std::string> chat_template_;
+  std::filesystem::path source_folder_;
   std::size_t model_max_length_ = static_cast<std::size_t>(1) << 40;
   std::shared_ptr<MergeCache> cache_ = std::make_shared<MergeCache>();
 };

@@ -113,6 +113,24 @@ constexpr bool is_unicode_whitespace(char32_t c) {
          (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
+// `text` without leading and trailing Unicode White_Space (how TRL strips decoded completions for judges).
+inline std::string_view strip_whitespace(std::string_view text) {
+  std::size_t b = 0, e = text.size();
+  while (b < e) {
+    const std::size_t n = utf8_sequence_length(text, b);
+    if (n == 0 || !is_unicode_whitespace(decode_utf8_at(text, b, n))) break;
+    b += n;
+  }
+  while (e > b) {
+    std::size_t s = e - 1;
+    while (s > b && (static_cast<unsigned char>(text[s]) & 0xC0) == 0x80) --s;
+    const std::size_t n = utf8_sequence_length(text, s);
+    if (n != e - s || !is_unicode_whitespace(decode_utf8_at(text, s, n))) break;
+    e = s;
+  }
+  return text.substr(b, e - b);
+}
+
 enum class NormalizationForm { NFC, NFD, NFKC, NFKD };
 
 namespace detail {

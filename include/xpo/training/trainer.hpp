@@ -1,0 +1,665 @@
+// xpo/training/trainer.hpp — xpo::Trainer<Model, Scorer, Loss, Schedule>: the online XPO loop of ALGORITHM.md §1.
+//
+//   for each optimizer step:                                       (gradient_accumulation_steps micro-batches)
+//     prompts ─► policy samples y_m, reference samples y_r          generation/, no grad, own RNG streams
+//             ─► truncate after EOS ─► Scorer: rewards or judgement  scoring/
+//             ─► [prompt; y_m] and [prompt; y_r] as ONE 2B batch: policy forward (grad), reference forward
+//             ─► Loss(alpha, beta from the Schedule at floor(epoch)) ─► backward(loss / GA)
+//     clip grad norm, AdamW, linear warmup/decay; metrics averaged since the last log; checkpoints
+//
+// The Trainer owns the loop and nothing else: every decision is a policy's. A type that does not fit a slot
+// fails here, with the slot's concept named in the first error.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "xpo/core/compat.hpp"
+#include "xpo/core/concepts.hpp"
+#include "xpo/core/config.hpp"
+#include "xpo/core/errors.hpp"
+#include "xpo/core/json_file.hpp"
+#include "xpo/core/tensor_ops.hpp"
+#include "xpo/core/types.hpp"
+#include "xpo/generation/generate.hpp"
+#include "xpo/io/safetensors.hpp"
+#include "xpo/losses/xpo.hpp"
+#include "xpo/models/causal_lm.hpp"
+#include "xpo/models/lora.hpp"
+#include "xpo/models/pretrained.hpp"
+#include "xpo/schedules/per_epoch.hpp"
+#include "xpo/scoring/function.hpp"
+#include "xpo/scoring/reward_model.hpp"
+#include "xpo/text/chat.hpp"
+#include "xpo/text/tokenizer.hpp"
+#include "xpo/training/callbacks.hpp"
+#include "xpo/training/state.hpp"
+#include "xpo/training/step.hpp"
+
+namespace xpo {
+
+// Dataset rows as read from JSONL: {"prompt": "text" | [{"role", "content"}, ...], "chat_template_kwargs"?: {...}}.
+using PromptDataset = std::vector<nlohmann::ordered_json>;
+
+// One completion of LogCompletionsCallback / Trainer::complete.
+struct CompletionSample {
+  std::string prompt;
+  std::string completion;
+  std::optional<double> score;  // reward (reward scorer), or 1/0 = beat / lost to the reference's (judge)
+};
+
+template <CausalLanguageModel Model, PreferenceScorer Scorer, PreferenceLoss Loss = losses::XPO<losses::Sigmoid>,
+          WeightSchedule Schedule = schedules::PerEpoch<>>
+class Trainer {
+ public:
+  using model_type = Model;
+  using scorer_type = Scorer;
+  using loss_type = Loss;
+  using schedule_type = Schedule;
+
+  // `reference`: the frozen reference model. When absent: the policy with its LoRA adapters switched off (no
+  // second copy), or a frozen copy of the policy (models::CausalLM). `schedule`: when absent, built from
+  // config.alpha / config.beta (Schedule must then have a static checked(alphas, betas)).
+  Trainer(Model policy, std::optional<Model> reference, Scorer scorer, text::Tokenizer tokenizer, XPOConfig config,
+          PromptDataset train_dataset, PromptDataset eval_dataset = {}, Loss loss = Loss{},
+          std::optional<Schedule> schedule = std::nullopt)
+      : policy_(std::move(policy)), scorer_(std::move(scorer)), tokenizer_(std::move(tokenizer)),
+        config_(std::move(config)), loss_(std::move(loss)), schedule_(make_schedule(config_, std::move(schedule))),
+        policy_gen_(compat::make_generator(first_device(policy_), static_cast<std::uint64_t>(config_.seed))),
+        ref_gen_(compat::make_generator(first_device(policy_), static_cast<std::uint64_t>(config_.seed) + 1)) {
+    config_.validate();
+    if constexpr (requires { Loss::dpo_loss::name; }) {  // a built-in DPO loss must be the one the config names
+      const std::string_view name = Loss::dpo_loss::name;
+      if ((name == "sigmoid" || name == "ipo") && name != config_.loss_type) {
+        throw ConfigError("loss_type: the config says \"" + config_.loss_type + "\" but the trainer's Loss is \"" +
+                          std::string(Loss::dpo_loss::name) + "\"");
+      }
+    }
+    device_ = first_device(policy_);
+    setup_reference(std::move(reference));
+    setup_tokens();
+    if constexpr (requires { scorer_.vocab_size(); scorer_.has_own_tokenizer(); }) {
+      if (!scorer_.has_own_tokenizer() && scorer_.vocab_size() != unwrap(policy_).vocab_size()) {
+        throw ConfigError("reward model: its vocabulary (" + std::to_string(scorer_.vocab_size()) +
+                          ") differs from the policy's (" + std::to_string(unwrap(policy_).vocab_size()) +
+                          "); give the reward model its own tokenizer");
+      }
+    }
+    if (tokenizer_.chat_template()) chat_ = text::ChatTemplate::of(tokenizer_);
+    train_ = prepare(train_dataset, "train_dataset");
+    eval_ = prepare(eval_dataset, "eval_dataset");
+    if (train_.empty()) throw ConfigError("train_dataset is empty");
+    state_.micro_batches_per_epoch = micro_batches_per_epoch();
+    state_.max_steps = config_.max_steps > 0
+                           ? config_.max_steps
+                           : std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(
+                                                           config_.num_train_epochs * static_cast<double>(state_.micro_batches_per_epoch) /
+                                                           static_cast<double>(config_.gradient_accumulation_steps))));
+    params_ = trainable_parameters();
+    if (params_.empty()) throw ConfigError("the policy has no trainable parameters");
+    optimizer_ = std::make_unique<torch::optim::AdamW>(
+        params_, torch::optim::AdamWOptions(config_.learning_rate)
+                     .betas({config_.adam_beta1, config_.adam_beta2})
+                     .eps(config_.adam_epsilon)
+                     .weight_decay(config_.weight_decay));
+  }
+
+  // ---- the loop -----------------------------------------------------------------------------------------------
+  // Runs optimizer steps until state().max_steps, calling each callback's hooks; saves checkpoints every
+  // save_steps and the final model to output_dir.
+  template <class... Callbacks>
+  void train(Callbacks&... callbacks) {
+    static_assert((training::Callback<Callbacks, Trainer> && ...),
+                  "every argument of Trainer::train must be a callback: a type with on_train_begin, on_step_end, "
+                  "on_log, on_save or on_train_end (see training/callbacks.hpp)");
+    std::filesystem::create_directories(config_.output_dir);
+    (call_train_begin(callbacks), ...);
+    while (state_.global_step < state_.max_steps) {
+      optimizer_step();
+      (call_step_end(callbacks), ...);
+      const bool last = state_.global_step == state_.max_steps;
+      if (state_.global_step % config_.logging_steps == 0 || last) {
+        const auto metrics = flush_metrics();
+        state_.log_history.push_back(to_json_line(metrics));
+        (call_log(callbacks, metrics), ...);
+      }
+      if (state_.global_step % config_.save_steps == 0) {
+        const auto folder = save_checkpoint();
+        (call_save(callbacks, folder), ...);
+      }
+    }
+    save_model(config_.output_dir);
+    (call_train_end(callbacks), ...);
+  }
+
+  // One optimizer step: gradient_accumulation_steps micro-batches, clipping, AdamW, the LR schedule.
+  void optimizer_step() {
+    const auto t0 = Clock::now();
+    const auto ga = config_.gradient_accumulation_steps;
+    const LossWeights weights = current_weights();
+    for (std::int64_t k = 0; k < ga; ++k) {
+      const auto rows = micro_batch_rows(state_.micro_step);
+      step(rows, weights);
+      ++state_.micro_step;
+    }
+    const auto t1 = Clock::now();
+    const double lr = training::linear_learning_rate(config_, state_.global_step, state_.max_steps);
+    for (auto& group : optimizer_->param_groups()) group.options().set_lr(lr);
+    double grad_norm = 0.0;
+    {
+      torch::NoGradGuard no_grad;
+      std::vector<torch::Tensor> norms;
+      for (const auto& p : params_) {
+        if (p.grad().defined()) norms.push_back(p.grad().detach().to(torch::kDouble).norm());
+      }
+      grad_norm = norms.empty() ? 0.0 : torch::stack(norms).norm().template item<double>();
+      if (config_.max_grad_norm > 0 && grad_norm > config_.max_grad_norm) {
+        const double scale = config_.max_grad_norm / (grad_norm + 1e-6);
+        for (const auto& p : params_) {
+          if (p.grad().defined()) p.grad().mul_(scale);
+        }
+      }
+    }
+    optimizer_->step();
+    optimizer_->zero_grad();
+    ++state_.global_step;
+    state_.epoch = static_cast<double>(state_.micro_step) / static_cast<double>(state_.micro_batches_per_epoch);
+    window_.grad_norm = grad_norm;
+    window_.learning_rate = lr;
+    window_.optimizer_seconds += seconds(t1, Clock::now());
+    window_.step_seconds += seconds(t0, Clock::now());
+    ++window_.optimizer_steps;
+  }
+
+  // One micro-batch (ALGORITHM.md §1.1–§1.7 up to backward): dataset rows -> gradients accumulated in the policy
+  // (scaled by 1/gradient_accumulation_steps) and the micro-step's metrics added to the log window.
+  training::Metrics step(const std::vector<std::size_t>& rows, LossWeights weights) {
+    const auto t0 = Clock::now();
+    const Batch batch = make_batch(rows);
+    // 2. both samples, no grad, dropout off, each from its own random stream
+    const auto sampling = sampling_options();
+    const auto model_gen = generation::generate(policy_, batch.ids, batch.mask, sampling, policy_gen_);
+    generation::Generation ref_gen;
+    {
+      ReferenceScope scope(*this);
+      ref_gen = generation::generate(reference(), batch.ids, batch.mask, sampling, ref_gen_);
+    }
+    const auto t1 = Clock::now();
+    // 3. truncate after the first EOS (generate already pads after it; this pins the mask rule)
+    const auto model_c = truncate_after_eos(model_gen.completion_ids, eos_ids_, pad_id_);
+    const auto ref_c = truncate_after_eos(ref_gen.completion_ids, eos_ids_, pad_id_);
+    const auto model_eos = contains_any_of(model_c.ids, eos_ids_);
+    const auto ref_eos = contains_any_of(ref_c.ids, eos_ids_);
+    // 4. score and pick the winner
+    const CompletionBatch model_batch{batch.ids, batch.mask, model_c.ids, model_c.mask, batch.texts, decode_rows(model_c)};
+    const CompletionBatch ref_batch{batch.ids, batch.mask, ref_c.ids, ref_c.mask, batch.texts, decode_rows(ref_c)};
+    training::Preference preference;
+    if constexpr (RewardScorer<Scorer>) {
+      const auto model_scores = scorer_.score(model_batch).to(device_).to(torch::kFloat);
+      const auto ref_scores = scorer_.score(ref_batch).to(device_).to(torch::kFloat);
+      preference = training::preference_from_scores(model_scores, ref_scores, model_eos, ref_eos, config_.missing_eos_penalty);
+    } else {
+      std::vector<CompletionPair> pairs;
+      for (std::size_t i = 0; i < rows.size(); ++i) pairs.push_back({model_batch.completions[i], ref_batch.completions[i]});
+      preference = training::preference_from_judgements(scorer_.judge(batch.texts, pairs), device_);
+    }
+    const auto t2 = Clock::now();
+    // 5.–7. log-probs over ONE 2B batch per model, loss, backward
+    const auto token_logps = completion_logps(batch, model_c, ref_c);
+    const auto result = training::loss_and_metrics(loss_, token_logps, preference, model_eos, ref_eos, weights);
+    (result.loss.loss / static_cast<double>(config_.gradient_accumulation_steps)).backward();
+    const auto t3 = Clock::now();
+
+    auto metrics = result.metrics;
+    metrics["loss"] = result.loss.loss.detach().template item<double>();
+    const auto tokens = model_c.mask.sum().template item<double>() + ref_c.mask.sum().template item<double>();
+    window_.add(metrics);
+    window_.tokens += tokens;
+    window_.generation_seconds += seconds(t0, t1);
+    window_.scoring_seconds += seconds(t1, t2);
+    window_.forward_backward_seconds += seconds(t2, t3);
+    return metrics;
+  }
+
+  // ---- checkpoints ----------------------------------------------------------------------------------------------
+  // output_dir/checkpoint-N: the model (HF folder; under LoRA the PEFT adapter), the tokenizer files, optimizer
+  // state, RNG states and trainer_state.json. Written to a temporary folder and renamed, so an interrupted save
+  // never becomes the latest checkpoint.
+  std::filesystem::path save_checkpoint() {
+    const std::filesystem::path out(config_.output_dir);
+    const auto folder = training::checkpoint_folder(out, state_.global_step);
+    const auto tmp = out / (".tmp-" + folder.filename().string());
+    std::error_code ec;
+    std::filesystem::remove_all(tmp, ec);
+    std::filesystem::create_directories(tmp, ec);
+    if (ec) throw FileError(tmp.string(), "cannot create the checkpoint folder: " + ec.message());
+    try {
+      save_weights(tmp, /*for_resume=*/true);
+      copy_tokenizer_files(tmp);
+      torch::save(*optimizer_, (tmp / "optimizer.pt").string());
+      std::vector<torch::Tensor> rng = {policy_gen_.get_state(), ref_gen_.get_state()};
+      torch::save(rng, (tmp / "rng_state.pt").string());
+      auto state_json = state_.to_json();
+      state_json["config"] = config_.to_json();
+      write_json_file(tmp / "trainer_state.json", state_json);
+    } catch (...) {
+      std::filesystem::remove_all(tmp, ec);
+      throw;
+    }
+    if (std::filesystem::exists(folder)) {
+      const auto old = out / (".old-" + folder.filename().string());
+      std::filesystem::remove_all(old, ec);
+      std::filesystem::rename(folder, old, ec);
+      std::filesystem::rename(tmp, folder, ec);
+      std::filesystem::remove_all(old, ec);
+    } else {
+      std::filesystem::rename(tmp, folder, ec);
+    }
+    if (ec) throw FileError(folder.string(), "cannot move the checkpoint into place: " + ec.message());
+    training::rotate_checkpoints(out, config_.save_total_limit);
+    return folder;
+  }
+
+  // Continues from a checkpoint folder (or "latest" in output_dir): weights, optimizer, RNG streams, position
+  // in the data. On the CPU, N steps + resume + N steps equals 2N steps bit for bit.
+  void resume_from_checkpoint(const std::string& which) {
+    const auto folder = training::resolve_checkpoint(which, config_.output_dir);
+    const auto saved = read_json_file(folder / "trainer_state.json");
+    auto state = training::TrainerState::from_json(saved, (folder / "trainer_state.json").string());
+    if (state.micro_batches_per_epoch != micro_batches_per_epoch()) {
+      throw ConfigError((folder / "trainer_state.json").string() + ": the checkpoint has " +
+                        std::to_string(state.micro_batches_per_epoch) + " micro-batches per epoch, this run " +
+                        std::to_string(micro_batches_per_epoch()) + " (different dataset, batch size or world size)");
+    }
+    load_weights(folder);
+    torch::load(*optimizer_, (folder / "optimizer.pt").string());
+    std::vector<torch::Tensor> rng;
+    torch::load(rng, (folder / "rng_state.pt").string());
+    if (rng.size() != 2) throw FileError((folder / "rng_state.pt").string(), "expected two generator states");
+    policy_gen_.set_state(rng[0]);
+    ref_gen_.set_state(rng[1]);
+    state.max_steps = state_.max_steps;  // the run's length comes from this run's config
+    state_ = std::move(state);
+    window_ = {};
+  }
+
+  // The trained model as a Hugging Face folder (LoRA merged) plus the tokenizer files.
+  void save_model(const std::filesystem::path& folder) {
+    std::filesystem::create_directories(folder);
+    save_weights(folder, /*for_resume=*/false);
+    copy_tokenizer_files(folder);
+  }
+
+  // ---- sampling for logs and evaluation ---------------------------------------------------------------------
+  // Completes dataset rows with the policy (the run's sampling settings, its own RNG stream so training is not
+  // perturbed) and scores them.
+  std::vector<CompletionSample> complete(const PromptDataset& rows) {
+    auto prepared = prepare(rows, "prompts");
+    std::vector<std::size_t> all(prepared.size());
+    std::iota(all.begin(), all.end(), std::size_t{0});
+    const Batch batch = make_batch_from(prepared, all);
+    auto gen = compat::make_generator(device_, static_cast<std::uint64_t>(config_.seed) + 7919 + static_cast<std::uint64_t>(state_.global_step));
+    const auto g = generation::generate(policy_, batch.ids, batch.mask, sampling_options(), gen);
+    const auto c = truncate_after_eos(g.completion_ids, eos_ids_, pad_id_);
+    const CompletionBatch cb{batch.ids, batch.mask, c.ids, c.mask, batch.texts, decode_rows(c)};
+    std::vector<CompletionSample> out;
+    std::vector<double> scores(all.size(), std::nan(""));
+    if constexpr (RewardScorer<Scorer>) {
+      const auto s = scorer_.score(cb).to(torch::kCPU).to(torch::kDouble);
+      for (std::size_t i = 0; i < all.size(); ++i) scores[i] = s[static_cast<std::int64_t>(i)].template item<double>();
+    } else {
+      generation::Generation rg;
+      {
+        ReferenceScope scope(*this);
+        auto ref_stream = compat::make_generator(device_, static_cast<std::uint64_t>(config_.seed) + 104729);
+        rg = generation::generate(reference(), batch.ids, batch.mask, sampling_options(), ref_stream);
+      }
+      const auto rc = truncate_after_eos(rg.completion_ids, eos_ids_, pad_id_);
+      const auto ref_texts = decode_rows(rc);
+      std::vector<CompletionPair> pairs;
+      for (std::size_t i = 0; i < all.size(); ++i) pairs.push_back({cb.completions[i], ref_texts[i]});
+      const auto ranks = scorer_.judge(batch.texts, pairs);
+      for (std::size_t i = 0; i < all.size(); ++i) scores[i] = ranks[i] == 0 ? 1.0 : 0.0;
+    }
+    for (std::size_t i = 0; i < all.size(); ++i) out.push_back({batch.texts[i], cb.completions[i], scores[i]});
+    return out;
+  }
+
+  // ---- access -------------------------------------------------------------------------------------------------
+  [[nodiscard]] const XPOConfig& config() const noexcept { return config_; }
+  [[nodiscard]] const training::TrainerState& state() const noexcept { return state_; }
+  [[nodiscard]] Model& policy() noexcept { return policy_; }
+  [[nodiscard]] Scorer& scorer() noexcept { return scorer_; }
+  [[nodiscard]] const text::Tokenizer& tokenizer() const noexcept { return tokenizer_; }
+  [[nodiscard]] torch::optim::AdamW& optimizer() noexcept { return *optimizer_; }
+  [[nodiscard]] const std::vector<text::PreparedPrompt>& train_prompts() const noexcept { return train_; }
+  [[nodiscard]] const std::vector<text::PreparedPrompt>& eval_prompts() const noexcept { return eval_; }
+  [[nodiscard]] std::int64_t pad_token_id() const noexcept { return pad_id_; }
+  [[nodiscard]] const std::vector<std::int64_t>& eos_token_ids() const noexcept { return eos_ids_; }
+
+  // alpha and beta in force for the next optimizer step: the schedule at floor(epoch) (ALGORITHM.md §2).
+  [[nodiscard]] LossWeights current_weights() const {
+    const double epoch = std::floor(state_.epoch);
+    return {schedule_.alpha(epoch), schedule_.beta(epoch)};
+  }
+
+  // Dataset rows of micro-batch k: epochs are consecutive shuffles of the prompts (seeded by seed and epoch).
+  [[nodiscard]] std::vector<std::size_t> micro_batch_rows(std::int64_t k) const {
+    const auto per_epoch = state_.micro_batches_per_epoch;
+    const auto epoch = k / per_epoch;
+    const auto j = k % per_epoch;
+    std::vector<std::size_t> order(train_.size());
+    std::iota(order.begin(), order.end(), std::size_t{0});
+    std::mt19937_64 rng(static_cast<std::uint64_t>(config_.seed) * 1000003ULL + static_cast<std::uint64_t>(epoch));
+    std::shuffle(order.begin(), order.end(), rng);
+    const auto b = static_cast<std::size_t>(config_.per_device_train_batch_size);
+    const auto begin = static_cast<std::size_t>(j) * b;
+    const auto end = std::min(order.size(), begin + b);
+    return {order.begin() + static_cast<std::ptrdiff_t>(begin), order.begin() + static_cast<std::ptrdiff_t>(end)};
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  static double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+  struct Batch {
+    torch::Tensor ids, mask;         // [B, P] left-padded
+    std::vector<std::string> texts;  // [B]
+  };
+
+  // Averages of the micro-step metrics since the last log, plus step-level values.
+  struct Window {
+    std::map<std::string, double> sums;
+    std::map<std::string, std::int64_t> counts;
+    double tokens = 0, generation_seconds = 0, scoring_seconds = 0, forward_backward_seconds = 0,
+           optimizer_seconds = 0, step_seconds = 0, grad_norm = 0, learning_rate = 0;
+    std::int64_t optimizer_steps = 0;
+    void add(const training::Metrics& m) {
+      for (const auto& [k, v] : m) {
+        sums[k] += v;
+        ++counts[k];
+      }
+    }
+  };
+
+  training::Metrics flush_metrics() {
+    training::Metrics m;
+    for (const auto& [k, v] : window_.sums) m[k] = v / static_cast<double>(window_.counts[k]);
+    const double steps = static_cast<double>(std::max<std::int64_t>(1, window_.optimizer_steps));
+    m["grad_norm"] = window_.grad_norm;
+    m["learning_rate"] = window_.learning_rate;
+    m["epoch"] = state_.epoch;
+    m["tokens_per_second"] = window_.step_seconds > 0 ? window_.tokens / window_.step_seconds : 0.0;
+    m["time/step"] = window_.step_seconds / steps;
+    m["time/generation"] = window_.generation_seconds / steps;
+    m["time/scoring"] = window_.scoring_seconds / steps;
+    m["time/forward_backward"] = window_.forward_backward_seconds / steps;
+    m["time/optimizer"] = window_.optimizer_seconds / steps;
+    window_ = {};
+    return m;
+  }
+
+  nlohmann::json to_json_line(const training::Metrics& m) const {
+    nlohmann::json j = {{"step", state_.global_step}};
+    for (const auto& [k, v] : m) j[k] = v;
+    return j;
+  }
+
+  template <class C> void call_train_begin(C& c) { if constexpr (training::HasTrainBegin<C, Trainer>) c.on_train_begin(*this); }
+  template <class C> void call_step_end(C& c) { if constexpr (training::HasStepEnd<C, Trainer>) c.on_step_end(*this); }
+  template <class C> void call_log(C& c, const training::Metrics& m) { if constexpr (training::HasLog<C, Trainer>) c.on_log(*this, m); }
+  template <class C> void call_save(C& c, const std::filesystem::path& p) { if constexpr (training::HasSave<C, Trainer>) c.on_save(*this, p); }
+  template <class C> void call_train_end(C& c) { if constexpr (training::HasTrainEnd<C, Trainer>) c.on_train_end(*this); }
+
+  static Schedule make_schedule(const XPOConfig& config, std::optional<Schedule> given) {
+    if (given) return std::move(*given);
+    if constexpr (requires { Schedule::checked(config.alpha, config.beta); }) {
+      return Schedule::checked(config.alpha, config.beta);
+    } else {
+      throw ConfigError("this Trainer's Schedule cannot be built from config.alpha/config.beta: pass one");
+    }
+  }
+
+  static torch::Device first_device(Model& m) {
+    const auto params = unwrap(m).parameters();
+    return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  }
+
+  std::vector<torch::Tensor> trainable_parameters() {
+    std::vector<torch::Tensor> out;
+    for (const auto& p : unwrap(policy_).parameters()) {
+      if (p.requires_grad()) out.push_back(p);
+    }
+    return out;
+  }
+
+  // ---- the reference ------------------------------------------------------------------------------------------
+  static constexpr bool kIsCausalLM = std::is_same_v<Model, models::CausalLM>;
+
+  void setup_reference(std::optional<Model> reference) {
+    if (reference) {
+      reference_ = std::move(reference);
+      for (auto& p : unwrap(*reference_).parameters()) p.set_requires_grad(false);
+      unwrap(*reference_).train(false);
+      return;
+    }
+    if constexpr (kIsCausalLM) {
+      if (policy_->lora()) {
+        reference_is_base_ = true;  // [fix] the policy with adapters off, not a second copy
+      } else {
+        reference_ = models::frozen_copy(policy_);
+      }
+    } else {
+      throw ConfigError("Trainer: no reference model given, and this Model type has no way to copy itself");
+    }
+  }
+
+  Model& reference() { return reference_is_base_ ? policy_ : *reference_; }
+
+  // While alive, the reference is in effect: under LoRA-without-a-copy, the policy's adapters are off.
+  struct ReferenceScope {
+    explicit ReferenceScope(Trainer& t) {
+      if constexpr (kIsCausalLM) {
+        if (t.reference_is_base_) guard.emplace(t.policy_->adapter_switch());
+      }
+    }
+    std::optional<models::AdaptersDisabled> guard;
+  };
+
+  // ---- tokens and prompts -----------------------------------------------------------------------------------
+  void setup_tokens() {
+    const auto& special = tokenizer_.special_tokens();
+    eos_ids_.assign(special.generation_eos_ids.begin(), special.generation_eos_ids.end());
+    if constexpr (requires { unwrap(policy_).config().eos_token_ids; }) {
+      if (eos_ids_.empty()) eos_ids_ = unwrap(policy_).config().eos_token_ids;
+    }
+    if (eos_ids_.empty()) throw ConfigError("no EOS token: neither the tokenizer nor the model config names one");
+    if (special.pad_id) pad_id_ = *special.pad_id;
+    else pad_id_ = special.eos_id.value_or(eos_ids_.front());  // TRL: pad = eos when the tokenizer has none
+  }
+
+  std::int64_t micro_batches_per_epoch() const {
+    const auto n = static_cast<std::int64_t>(train_.size());
+    const auto b = config_.per_device_train_batch_size;
+    const auto count = config_.dataloader_drop_last ? n / b : (n + b - 1) / b;
+    if (count < 1) {
+      throw ConfigError("train_dataset has " + std::to_string(n) + " prompts, fewer than one batch of " + std::to_string(b) +
+                        " with dataloader_drop_last");
+    }
+    return count;
+  }
+
+  std::vector<text::PreparedPrompt> prepare(const PromptDataset& rows, const std::string& name) const {
+    std::vector<text::PreparedPrompt> out;
+    out.reserve(rows.size());
+    std::optional<std::int64_t> context;
+    if constexpr (requires { unwrap(policy_).config().max_position_embeddings; }) {
+      context = unwrap(policy_).config().max_position_embeddings;
+    }
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const std::string where = name + " row " + std::to_string(i);
+      const auto& row = rows[i];
+      if (!row.is_object() || !row.contains("prompt")) throw ConfigError(where + ": no \"prompt\"");
+      nlohmann::ordered_json kwargs = nlohmann::ordered_json::object();
+      if (row.contains("chat_template_kwargs") && row["chat_template_kwargs"].is_object()) kwargs = row["chat_template_kwargs"];
+      if (row["prompt"].is_array() && !chat_) {
+        throw ConfigError(where + ": a conversational prompt needs a chat template, and the tokenizer has none");
+      }
+      auto p = text::prepare_prompt(tokenizer_, row["prompt"], chat_ ? &*chat_ : nullptr, kwargs, where);
+      if (p.ids.empty()) throw ConfigError(where + ": the prompt is empty after tokenisation");
+      if (context && static_cast<std::int64_t>(p.ids.size()) + config_.max_new_tokens > *context) {
+        throw ConfigError(where + ": the prompt has " + std::to_string(p.ids.size()) + " tokens; with max_new_tokens = " +
+                          std::to_string(config_.max_new_tokens) + " it exceeds the model's context of " + std::to_string(*context));
+      }
+      out.push_back(std::move(p));
+    }
+    return out;
+  }
+
+  Batch make_batch_from(const std::vector<text::PreparedPrompt>& prompts, const std::vector<std::size_t>& rows) const {
+    std::vector<std::vector<std::int64_t>> ids;
+    Batch b;
+    for (const auto r : rows) {
+      ids.push_back(prompts.at(r).ids);
+      b.texts.push_back(prompts.at(r).text);
+    }
+    auto padded = pad_sequences(ids, pad_id_, PaddingSide::left, device_);
+    b.ids = padded.ids;
+    b.mask = padded.mask;
+    return b;
+  }
+  Batch make_batch(const std::vector<std::size_t>& rows) const { return make_batch_from(train_, rows); }
+
+  generation::SamplingOptions sampling_options() const {
+    return generation::SamplingOptions::from_config(config_, eos_ids_, pad_id_);
+  }
+
+  // Completions as scorers and judges see them: special tokens skipped, surrounding whitespace stripped.
+  std::vector<std::string> decode_rows(const TruncatedCompletions& c) const {
+    const auto ids = c.ids.to(torch::kCPU);
+    const auto mask = c.mask.to(torch::kCPU);
+    std::vector<std::string> out;
+    for (std::int64_t r = 0; r < ids.size(0); ++r) {
+      std::vector<std::int64_t> row;
+      for (std::int64_t t = 0; t < ids.size(1); ++t) {
+        if (mask[r][t].template item<std::int64_t>() != 0) row.push_back(ids[r][t].template item<std::int64_t>());
+      }
+      out.emplace_back(text::strip_whitespace(tokenizer_.decode(row, /*skip_special_tokens=*/true)));
+    }
+    return out;
+  }
+
+  // Per-token log-probs of both samples under both models: [prompt; y_m] and [prompt; y_r] stacked into one
+  // batch of 2B rows (completions right-padded to a common width) per model.
+  training::TokenLogps completion_logps(const Batch& batch, const TruncatedCompletions& m, const TruncatedCompletions& r) {
+    const auto b = batch.ids.size(0), p = batch.ids.size(1);
+    const auto tm = m.ids.size(1), tr = r.ids.size(1);
+    const auto t = std::max(tm, tr);
+    const auto completions = torch::cat({pad_right_to(m.ids, t, static_cast<double>(pad_id_)), pad_right_to(r.ids, t, static_cast<double>(pad_id_))});
+    const auto completion_mask = torch::cat({pad_right_to(m.mask, t, 0), pad_right_to(r.mask, t, 0)});  // [2B, T]
+    const auto ids = torch::cat({torch::cat({batch.ids, batch.ids}), completions}, 1);                     // [2B, P+T]
+    const auto mask = torch::cat({torch::cat({batch.mask, batch.mask}), completion_mask}, 1);
+    const auto pos = position_ids_from_mask(mask);
+    unwrap(policy_).train(!config_.disable_dropout);
+    const auto policy = completion_token_logps(unwrap(policy_).forward(ids, mask, pos), completions, completion_mask, p);
+    torch::Tensor ref;
+    {
+      torch::NoGradGuard no_grad;
+      ReferenceScope scope(*this);
+      const bool was_training = unwrap(reference()).is_training();
+      unwrap(reference()).train(false);
+      ref = completion_token_logps(unwrap(reference()).forward(ids, mask, pos), completions, completion_mask, p);
+      unwrap(reference()).train(was_training);
+    }
+    unwrap(policy_).train(false);
+    return {policy.narrow(0, 0, b).narrow(1, 0, tm), policy.narrow(0, b, b).narrow(1, 0, tr),
+            ref.narrow(0, 0, b).narrow(1, 0, tm), ref.narrow(0, b, b).narrow(1, 0, tr)};
+  }
+
+  // ---- weights on disk ------------------------------------------------------------------------------------------
+  void save_weights(const std::filesystem::path& folder, bool for_resume) {
+    if constexpr (kIsCausalLM) {
+      if (for_resume && policy_->lora()) {
+        models::save_lora_adapter(policy_, folder, tokenizer_.source_folder().string());
+      } else {
+        models::save_pretrained(policy_, folder);  // LoRA merged
+      }
+    } else {
+      std::vector<torch::Tensor> params = unwrap(policy_).parameters();
+      torch::save(params, (folder / "parameters.pt").string());
+    }
+  }
+
+  void load_weights(const std::filesystem::path& folder) {
+    torch::NoGradGuard no_grad;
+    if constexpr (kIsCausalLM) {
+      if (policy_->lora()) {
+        const auto file = folder / "adapter_model.safetensors";
+        auto sf = io::SafetensorsFile::open(file);
+        auto named = policy_->named_parameters();
+        std::size_t loaded = 0;
+        for (auto& p : named) {
+          if (!models::is_lora_parameter(p.key())) continue;
+          const std::string name = "base_model.model." + p.key();
+          if (!sf.contains(name)) throw FileError(file.string(), "lacks the LoRA tensor \"" + name + "\"");
+          p.value().copy_(sf.load(name).to(p.value().device(), p.value().scalar_type()));
+          ++loaded;
+        }
+        if (loaded == 0) throw FileError(file.string(), "no LoRA tensors for this model");
+      } else {
+        models::load_weights(*policy_, io::TensorStore::open(folder), folder.string());
+      }
+    } else {
+      std::vector<torch::Tensor> saved;
+      torch::load(saved, (folder / "parameters.pt").string());
+      auto params = unwrap(policy_).parameters();
+      if (saved.size() != params.size()) throw FileError((folder / "parameters.pt").string(), "parameter count differs from the model's");
+      for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
+    }
+  }
+
+  void copy_tokenizer_files(const std::filesystem::path& folder) const {
+    for (const auto& f : tokenizer_.source_files()) {
+      std::error_code ec;
+      std::filesystem::copy_file(f, folder / f.filename(), std::filesystem::copy_options::overwrite_existing, ec);
+      if (ec) throw FileError((folder / f.filename()).string(), "cannot copy the tokenizer file: " + ec.message());
+    }
+  }
+
+  Model policy_;
+  std::optional<Model> reference_;
+  bool reference_is_base_ = false;
+  Scorer scorer_;
+  text::Tokenizer tokenizer_;
+  XPOConfig config_;
+  Loss loss_;
+  Schedule schedule_;
+  at::Generator policy_gen_, ref_gen_;
+  torch::Device device_ = torch::kCPU;
+  std::optional<text::ChatTemplate> chat_;
+  std::vector<text::PreparedPrompt> train_, eval_;
+  std::vector<std::int64_t> eos_ids_;
+  std::int64_t pad_id_ = 0;
+  std::vector<torch::Tensor> params_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  training::TrainerState state_;
+  Window window_;
+};
+
+// TRL's XPOTrainer: a Qwen2/Llama policy, a reward model, XPO over the sigmoid DPO loss, alpha/beta from the
+// config (one value or one per epoch).
+using XPOTrainer = Trainer<models::CausalLM, scoring::RewardModelScorer, losses::XPO<losses::Sigmoid>, schedules::PerEpoch<>>;
+
+}  // namespace xpo
