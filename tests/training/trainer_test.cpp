@@ -70,10 +70,19 @@ TEST_F(TrainerTest, RewardModelRunLogsEveryMetricAndSavesLoadableCheckpoints) {
   const auto before = policy->named_parameters()["model.layers.0.mlp.up_proj.weight"].clone();
   xpo::scoring::RewardModelScorer scorer(xpo::models::load_reward_model(tiny_reward_model()));
   xpo::XPOTrainer trainer(policy, std::nullopt, std::move(scorer), xpo::text::Tokenizer::from_pretrained(tiny_policy()),
-                          small_config(dir_), prompts(6));
+                          small_config(dir_), prompts(6), /*eval_dataset=*/prompts(3));
   xpo::training::MetricsLogger metrics;
   xpo::training::TensorBoardLogger tensorboard;
-  trainer.train(metrics, tensorboard);
+  xpo::training::ProgressBar progress;
+  xpo::training::LogCompletionsCallback completions(/*every_steps=*/2, /*num_prompts=*/2);  // from the eval set
+  trainer.train(metrics, tensorboard, progress, completions);
+
+  // completions.jsonl: two prompts at steps 2 and 4, each with the reward of its completion.
+  const auto logged = read_lines(dir_ / "completions.jsonl");
+  ASSERT_EQ(logged.size(), 4U);
+  EXPECT_EQ(logged[0]["step"], 2);
+  EXPECT_EQ(logged[3]["step"], 4);
+  for (const auto& row : logged) EXPECT_TRUE(row["score"].is_number()) << row.dump();
 
   const auto lines = read_lines(dir_ / "metrics.jsonl");
   ASSERT_EQ(lines.size(), 4U);
@@ -127,6 +136,46 @@ TEST_F(TrainerTest, JudgeRunWithLoRAUsesAdaptersOffAsReference) {
   // The final model is merged: a plain HF folder without LoRA tensors.
   auto merged = xpo::models::load_causal_lm(dir_);
   EXPECT_FALSE(merged->lora().has_value());
+}
+
+// The reward model with its own tokenizer scores prompt + completion text at the last real token, which is what
+// transformers' sequence classifier reads (an independent path: sequence_scores on the encoded text); the judge
+// built on it prefers the higher score.
+TEST(RewardModelScorers, OwnTokenizerAndJudge) {
+  auto tok = xpo::text::Tokenizer::from_pretrained(tiny_reward_model());
+  auto rm = xpo::models::load_reward_model(tiny_reward_model());
+  xpo::scoring::RewardModelScorer scorer(rm, tok);
+  const std::vector<std::string> p = {"hello there", "a"}, c = {" general", " much longer completion text"};
+  const auto scores = scorer.score_texts(p, c);
+  for (std::size_t i = 0; i < p.size(); ++i) {
+    const auto ids = torch::tensor(tok.encode(p[i] + c[i], false)).unsqueeze(0);
+    const auto mask = torch::ones_like(ids);
+    const auto want = rm->sequence_scores(ids, mask, xpo::position_ids_from_mask(mask), 0).item<float>();
+    EXPECT_NEAR(scores[static_cast<std::int64_t>(i)].item<float>(), want, 1e-5);
+  }
+  xpo::scoring::RewardModelJudge judge(rm, tok);
+  const auto a = scorer.score_texts({"q", "q"}, {" yes", " no"});
+  const auto ranks = judge.judge({"q"}, {xpo::CompletionPair{" yes", " no"}});
+  EXPECT_EQ(ranks.at(0), a[0].item<float>() >= a[1].item<float>() ? 0 : 1);
+  const auto flipped = judge.judge({"q"}, {xpo::CompletionPair{" no", " yes"}});
+  if (a[0].item<float>() != a[1].item<float>()) {
+    EXPECT_NE(ranks.at(0), flipped.at(0));
+  }
+}
+
+// A reward model without its own tokenizer must share the policy's vocabulary.
+TEST_F(TrainerTest, RewardModelVocabularyMustMatch) {
+  auto config_json = xpo::test::read_json(tiny_reward_model() / "config.json");
+  config_json["vocab_size"] = 100;
+  xpo::models::SequenceClassifier other(xpo::io::ModelConfig::from_json(config_json));
+  xpo::models::init_weights(*other);
+  try {
+    xpo::XPOTrainer trainer(xpo::models::load_causal_lm(tiny_policy()), std::nullopt, xpo::scoring::RewardModelScorer(other),
+                            xpo::text::Tokenizer::from_pretrained(tiny_policy()), small_config(dir_), prompts(2));
+    ADD_FAILURE();
+  } catch (const xpo::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("vocabulary"), std::string::npos) << e.what();
+  }
 }
 
 // Resume: N steps, checkpoint, a fresh trainer resumes and runs N more = 2N steps straight, bit for bit.

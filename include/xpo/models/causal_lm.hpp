@@ -46,6 +46,14 @@ class CausalLMImpl : public torch::nn::Module {
     return head(model->forward(input_ids, attention_mask, position_ids, nullptr));
   }
 
+  // Logits of positions [first, first + count) only: ids, attention_mask, position_ids [B, T] -> [B, count, V].
+  // The LM head is a large share of the FLOPs and its output the largest activation; the loss needs only the
+  // completion's positions.
+  torch::Tensor forward_window(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                               const torch::Tensor& position_ids, std::int64_t first, std::int64_t count) {
+    return head(model->forward(input_ids, attention_mask, position_ids, nullptr).narrow(1, first, count));
+  }
+
   // Incremental: ids [B, T] new tokens, attention_mask [B, cache.length + T], position_ids [B, T]. Returns
   // logits [B, T, V], or [B, 1, V] for the last position only when `last_only` (what decoding needs).
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,

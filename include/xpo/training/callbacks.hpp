@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -142,16 +143,27 @@ class ProgressBar {
 
 // Every `every_steps` optimizer steps, completes a few fixed prompts with the policy and appends
 // {"step", "prompt", "completion", "score"} rows to output_dir/completions.jsonl (score: the reward of the
-// completion, or for a judge whether it beat the reference's), plus a TensorBoard text summary.
+// completion, or for a judge whether it beat the reference's), plus a TensorBoard text summary. The prompts are
+// the given rows, or (as TRL's callback) the first `num_prompts` rows of the trainer's eval dataset.
 class LogCompletionsCallback {
  public:
   LogCompletionsCallback(std::vector<nlohmann::ordered_json> prompt_rows, std::int64_t every_steps)
       : rows_(std::move(prompt_rows)), every_(every_steps) {
     if (every_ < 1) throw ConfigError("LogCompletionsCallback: every_steps must be >= 1");
+    if (rows_.empty()) throw ConfigError("LogCompletionsCallback: no prompts");
+  }
+  explicit LogCompletionsCallback(std::int64_t every_steps, std::size_t num_prompts = 8)
+      : every_(every_steps), from_eval_(num_prompts) {
+    if (every_ < 1) throw ConfigError("LogCompletionsCallback: every_steps must be >= 1");
   }
 
   template <class T>
   void on_train_begin(T& trainer) {
+    if (from_eval_ > 0) {
+      const auto& eval = trainer.eval_dataset();
+      if (eval.empty()) throw ConfigError("LogCompletionsCallback: the trainer has no eval dataset to take prompts from");
+      rows_.assign(eval.begin(), eval.begin() + static_cast<std::ptrdiff_t>(std::min(from_eval_, eval.size())));
+    }
     const std::filesystem::path dir(trainer.config().output_dir);
     std::filesystem::create_directories(dir);
     path_ = dir / "completions.jsonl";
@@ -189,6 +201,7 @@ class LogCompletionsCallback {
   }
   std::vector<nlohmann::ordered_json> rows_;
   std::int64_t every_;
+  std::size_t from_eval_ = 0;
   std::filesystem::path path_;
   std::ofstream out_;
   std::unique_ptr<logging::EventWriter> writer_;

@@ -100,6 +100,7 @@ class Trainer {
     if (tokenizer_.chat_template()) chat_ = text::ChatTemplate::of(tokenizer_);
     train_ = prepare(train_dataset, "train_dataset");
     eval_ = prepare(eval_dataset, "eval_dataset");
+    eval_rows_ = std::move(eval_dataset);
     if (train_.empty()) throw ConfigError("train_dataset is empty");
     state_.micro_batches_per_epoch = micro_batches_per_epoch();
     state_.max_steps = config_.max_steps > 0
@@ -147,6 +148,7 @@ class Trainer {
   // One optimizer step: gradient_accumulation_steps micro-batches, clipping, AdamW, the LR schedule.
   void optimizer_step() {
     const auto t0 = Clock::now();
+    last_timing_ = {};
     const auto ga = config_.gradient_accumulation_steps;
     const LossWeights weights = current_weights();
     for (std::int64_t k = 0; k < ga; ++k) {
@@ -178,8 +180,10 @@ class Trainer {
     state_.epoch = static_cast<double>(state_.micro_step) / static_cast<double>(state_.micro_batches_per_epoch);
     window_.grad_norm = grad_norm;
     window_.learning_rate = lr;
-    window_.optimizer_seconds += seconds(t1, Clock::now());
-    window_.step_seconds += seconds(t0, Clock::now());
+    last_timing_.optimizer = seconds(t1, Clock::now());
+    last_timing_.total = seconds(t0, Clock::now());
+    window_.optimizer_seconds += last_timing_.optimizer;
+    window_.step_seconds += last_timing_.total;
     ++window_.optimizer_steps;
   }
 
@@ -227,6 +231,9 @@ class Trainer {
     const auto tokens = model_c.mask.sum().template item<double>() + ref_c.mask.sum().template item<double>();
     window_.add(metrics);
     window_.tokens += tokens;
+    last_timing_.generation += seconds(t0, t1);
+    last_timing_.scoring += seconds(t1, t2);
+    last_timing_.forward_backward += seconds(t2, t3);
     window_.generation_seconds += seconds(t0, t1);
     window_.scoring_seconds += seconds(t1, t2);
     window_.forward_backward_seconds += seconds(t2, t3);
@@ -337,6 +344,12 @@ class Trainer {
     return out;
   }
 
+  // Wall-clock seconds of the last optimizer step, by stage (summed over its micro-batches).
+  struct StepTiming {
+    double generation = 0, scoring = 0, forward_backward = 0, optimizer = 0, total = 0;
+  };
+  [[nodiscard]] const StepTiming& last_step_timing() const noexcept { return last_timing_; }
+
   // ---- access -------------------------------------------------------------------------------------------------
   [[nodiscard]] const XPOConfig& config() const noexcept { return config_; }
   [[nodiscard]] const training::TrainerState& state() const noexcept { return state_; }
@@ -346,6 +359,7 @@ class Trainer {
   [[nodiscard]] torch::optim::AdamW& optimizer() noexcept { return *optimizer_; }
   [[nodiscard]] const std::vector<text::PreparedPrompt>& train_prompts() const noexcept { return train_; }
   [[nodiscard]] const std::vector<text::PreparedPrompt>& eval_prompts() const noexcept { return eval_; }
+  [[nodiscard]] const PromptDataset& eval_dataset() const noexcept { return eval_rows_; }
   [[nodiscard]] std::int64_t pad_token_id() const noexcept { return pad_id_; }
   [[nodiscard]] const std::vector<std::int64_t>& eos_token_ids() const noexcept { return eos_ids_; }
 
@@ -572,17 +586,26 @@ class Trainer {
     const auto ids = torch::cat({torch::cat({batch.ids, batch.ids}), completions}, 1);                     // [2B, P+T]
     const auto mask = torch::cat({torch::cat({batch.mask, batch.mask}), completion_mask}, 1);
     const auto pos = position_ids_from_mask(mask);
-    unwrap(policy_).train(!config_.disable_dropout);
-    const auto policy = completion_token_logps(unwrap(policy_).forward(ids, mask, pos), completions, completion_mask, p);
+    // Row t of the window predicts completion token t: logits of positions P-1 .. P+T-2 only, when the model can.
+    const auto logps_of = [&](Model& net) {
+      if constexpr (requires { unwrap(net).forward_window(ids, mask, pos, p - 1, t); }) {
+        return aligned_token_logps(unwrap(net).forward_window(ids, mask, pos, p - 1, t), completions, completion_mask);
+      } else {
+        return completion_token_logps(unwrap(net).forward(ids, mask, pos), completions, completion_mask, p);
+      }
+    };
+    // The reference first: its logits are gone before the policy's graph (and its logits) is built.
     torch::Tensor ref;
     {
       torch::NoGradGuard no_grad;
       ReferenceScope scope(*this);
       const bool was_training = unwrap(reference()).is_training();
       unwrap(reference()).train(false);
-      ref = completion_token_logps(unwrap(reference()).forward(ids, mask, pos), completions, completion_mask, p);
+      ref = logps_of(reference());  // [2B, T]
       unwrap(reference()).train(was_training);
     }
+    unwrap(policy_).train(!config_.disable_dropout);
+    const auto policy = logps_of(policy_);  // [2B, T], carries grad
     unwrap(policy_).train(false);
     return {policy.narrow(0, 0, b).narrow(1, 0, tm), policy.narrow(0, b, b).narrow(1, 0, tr),
             ref.narrow(0, 0, b).narrow(1, 0, tm), ref.narrow(0, b, b).narrow(1, 0, tr)};
@@ -650,12 +673,14 @@ class Trainer {
   torch::Device device_ = torch::kCPU;
   std::optional<text::ChatTemplate> chat_;
   std::vector<text::PreparedPrompt> train_, eval_;
+  PromptDataset eval_rows_;
   std::vector<std::int64_t> eos_ids_;
   std::int64_t pad_id_ = 0;
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   training::TrainerState state_;
   Window window_;
+  StepTiming last_timing_;
 };
 
 // TRL's XPOTrainer: a Qwen2/Llama policy, a reward model, XPO over the sigmoid DPO loss, alpha/beta from the
