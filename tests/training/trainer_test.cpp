@@ -211,6 +211,29 @@ void check_resume(const std::filesystem::path& dir, bool lora) {
 TEST_F(TrainerTest, ResumeIsBitIdentical) { check_resume(dir_, false); }
 TEST_F(TrainerTest, ResumeIsBitIdenticalWithLoRA) { check_resume(dir_, true); }
 
+// The four learning-rate schedules of transformers' get_scheduler, at hand-computed points (total 10 steps,
+// warmup 2, peak 1.0).
+TEST(LearningRate, SchedulesMatchTransformers) {
+  xpo::XPOConfig c;
+  c.learning_rate = 1.0;
+  c.warmup_steps = 2;
+  const auto lr = [&](const char* type, std::int64_t step) {
+    c.lr_scheduler_type = type;
+    return xpo::training::scheduled_learning_rate(c, step, 10);
+  };
+  EXPECT_DOUBLE_EQ(lr("linear", 0), 0.0);
+  EXPECT_DOUBLE_EQ(lr("linear", 1), 0.5);
+  EXPECT_DOUBLE_EQ(lr("linear", 2), 1.0);
+  EXPECT_DOUBLE_EQ(lr("linear", 6), 0.5);
+  EXPECT_DOUBLE_EQ(lr("linear", 10), 0.0);
+  EXPECT_DOUBLE_EQ(lr("constant", 0), 1.0);
+  EXPECT_DOUBLE_EQ(lr("constant_with_warmup", 1), 0.5);
+  EXPECT_DOUBLE_EQ(lr("constant_with_warmup", 9), 1.0);
+  EXPECT_NEAR(lr("cosine", 6), 0.5, 1e-12);
+  EXPECT_NEAR(lr("cosine", 4), 0.5 * (1 + std::cos(M_PI * 0.25)), 1e-12);
+  EXPECT_THROW((void)lr("polynomial", 3), xpo::ConfigError);
+}
+
 // Interrupted saves never count as checkpoints: "latest" skips temporary and incomplete folders.
 TEST_F(TrainerTest, LatestCheckpointIgnoresIncompleteFolders) {
   std::filesystem::create_directories(dir_ / "checkpoint-3");

@@ -51,14 +51,20 @@ struct TrainerState {
   }
 };
 
-// HF's linear schedule with warmup: the learning rate of optimizer step `step` (0-based).
-inline double linear_learning_rate(const XPOConfig& c, std::int64_t step, std::int64_t total_steps) {
+// The learning rate of optimizer step `step` (0-based) under config.lr_scheduler_type, as transformers'
+// get_scheduler computes it: constant; constant_with_warmup; linear (warmup, then linear decay to 0); cosine
+// (warmup, then half a cosine down to 0).
+inline double scheduled_learning_rate(const XPOConfig& c, std::int64_t step, std::int64_t total_steps) {
+  const auto& type = c.lr_scheduler_type;
+  if (type == "constant") return c.learning_rate;
   const std::int64_t warmup = c.warmup_steps > 0 ? c.warmup_steps
                                                  : static_cast<std::int64_t>(std::ceil(c.warmup_ratio * static_cast<double>(total_steps)));
   if (step < warmup) return c.learning_rate * static_cast<double>(step) / static_cast<double>(std::max<std::int64_t>(1, warmup));
-  if (c.lr_scheduler_type == "constant") return c.learning_rate;
-  const double remaining = static_cast<double>(total_steps - step) / static_cast<double>(std::max<std::int64_t>(1, total_steps - warmup));
-  return c.learning_rate * std::max(0.0, remaining);
+  if (type == "constant_with_warmup") return c.learning_rate;
+  const double progress = static_cast<double>(step - warmup) / static_cast<double>(std::max<std::int64_t>(1, total_steps - warmup));
+  if (type == "linear") return c.learning_rate * std::max(0.0, 1.0 - progress);
+  if (type == "cosine") return c.learning_rate * std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
+  throw ConfigError("lr_scheduler_type \"" + type + "\" is not one of linear, constant, constant_with_warmup, cosine");
 }
 
 // ---- checkpoint folders -----------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 //             ─► truncate after EOS ─► Scorer: rewards or judgement  scoring/
 //             ─► [prompt; y_m] and [prompt; y_r] as ONE 2B batch: policy forward (grad), reference forward
 //             ─► Loss(alpha, beta from the Schedule at floor(epoch)) ─► backward(loss / GA)
-//     clip grad norm, AdamW, linear warmup/decay; metrics averaged since the last log; checkpoints
+//     clip grad norm, AdamW, the learning-rate schedule (linear warmup/decay by default); metrics averaged
+//     since the last log; checkpoints
 //
 // The Trainer owns the loop and nothing else: every decision is a policy's. A type that does not fit a slot
 // fails here, with the slot's concept named in the first error.
@@ -34,6 +35,7 @@
 #include "xpo/core/tensor_ops.hpp"
 #include "xpo/core/types.hpp"
 #include "xpo/generation/generate.hpp"
+#include "xpo/io/prompt_dataset.hpp"
 #include "xpo/io/safetensors.hpp"
 #include "xpo/losses/xpo.hpp"
 #include "xpo/models/causal_lm.hpp"
@@ -50,8 +52,9 @@
 
 namespace xpo {
 
-// Dataset rows as read from JSONL: {"prompt": "text" | [{"role", "content"}, ...], "chat_template_kwargs"?: {...}}.
-using PromptDataset = std::vector<nlohmann::ordered_json>;
+// Dataset rows as read from JSONL (io::load_prompt_dataset): {"prompt": "text" | [{"role", "content"}, ...],
+// "chat_template_kwargs"?: {...}}.
+using PromptDataset = io::PromptRows;
 
 // One completion of LogCompletionsCallback / Trainer::complete.
 struct CompletionSample {
@@ -157,7 +160,7 @@ class Trainer {
       ++state_.micro_step;
     }
     const auto t1 = Clock::now();
-    const double lr = training::linear_learning_rate(config_, state_.global_step, state_.max_steps);
+    const double lr = training::scheduled_learning_rate(config_, state_.global_step, state_.max_steps);
     for (auto& group : optimizer_->param_groups()) group.options().set_lr(lr);
     double grad_norm = 0.0;
     {
