@@ -377,10 +377,14 @@ class Trainer {
     const auto per_epoch = state_.micro_batches_per_epoch;
     const auto epoch = k / per_epoch;
     const auto j = k % per_epoch;
-    std::vector<std::size_t> order(train_.size());
-    std::iota(order.begin(), order.end(), std::size_t{0});
-    std::mt19937_64 rng(static_cast<std::uint64_t>(config_.seed) * 1000003ULL + static_cast<std::uint64_t>(epoch));
-    std::shuffle(order.begin(), order.end(), rng);
+    if (epoch != order_epoch_) {  // one shuffle per epoch
+      order_.resize(train_.size());
+      std::iota(order_.begin(), order_.end(), std::size_t{0});
+      std::mt19937_64 rng(static_cast<std::uint64_t>(config_.seed) * 1000003ULL + static_cast<std::uint64_t>(epoch));
+      std::shuffle(order_.begin(), order_.end(), rng);
+      order_epoch_ = epoch;
+    }
+    const auto& order = order_;
     const auto b = static_cast<std::size_t>(config_.per_device_train_batch_size);
     const auto begin = static_cast<std::size_t>(j) * b;
     const auto end = std::min(order.size(), begin + b);
@@ -565,13 +569,15 @@ class Trainer {
 
   // Completions as scorers and judges see them: special tokens skipped, surrounding whitespace stripped.
   std::vector<std::string> decode_rows(const TruncatedCompletions& c) const {
-    const auto ids = c.ids.to(torch::kCPU);
-    const auto mask = c.mask.to(torch::kCPU);
+    const auto ids = c.ids.to(torch::kCPU, torch::kLong).contiguous();
+    const auto mask = c.mask.to(torch::kCPU, torch::kLong).contiguous();
+    const auto id = ids.accessor<std::int64_t, 2>();
+    const auto keep = mask.accessor<std::int64_t, 2>();
     std::vector<std::string> out;
     for (std::int64_t r = 0; r < ids.size(0); ++r) {
       std::vector<std::int64_t> row;
       for (std::int64_t t = 0; t < ids.size(1); ++t) {
-        if (mask[r][t].template item<std::int64_t>() != 0) row.push_back(ids[r][t].template item<std::int64_t>());
+        if (keep[r][t] != 0) row.push_back(id[r][t]);
       }
       out.emplace_back(text::strip_whitespace(tokenizer_.decode(row, /*skip_special_tokens=*/true)));
     }
@@ -682,6 +688,8 @@ class Trainer {
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   training::TrainerState state_;
+  mutable std::vector<std::size_t> order_;  // the shuffled prompt order of epoch order_epoch_
+  mutable std::int64_t order_epoch_ = -1;
   Window window_;
   StepTiming last_timing_;
 };
