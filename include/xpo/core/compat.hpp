@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <mutex>
 #include <string>
 
 #define XPO_TORCH_VERSION_AT_LEAST(major, minor) \
@@ -65,6 +66,19 @@ inline at::Generator make_generator(torch::Device device, std::uint64_t seed) {
                                       : at::globalContext().defaultGenerator(device).clone();
   gen.set_current_seed(seed);
   return gen;
+}
+
+// The state of the process-wide CPU generator (what dropout and torch::rand* draw from), to checkpoint and
+// restore it; the generator's own lock is held as ATen's users do.
+inline at::Tensor default_cpu_generator_state() {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+inline void set_default_cpu_generator_state(const at::Tensor& state) {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
 }
 
 // The lowest finite value of a floating dtype: what a masked attention score gets (Hugging Face's finfo.min).

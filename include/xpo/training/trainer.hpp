@@ -79,10 +79,10 @@ class Trainer {
           PromptDataset train_dataset, PromptDataset eval_dataset = {}, Loss loss = Loss{},
           std::optional<Schedule> schedule = std::nullopt)
       : policy_(std::move(policy)), scorer_(std::move(scorer)), tokenizer_(std::move(tokenizer)),
-        config_(std::move(config)), loss_(std::move(loss)), schedule_(make_schedule(config_, std::move(schedule))),
+        config_(validated(std::move(config))), loss_(std::move(loss)), schedule_(make_schedule(config_, std::move(schedule))),
         policy_gen_(compat::make_generator(first_device(policy_), static_cast<std::uint64_t>(config_.seed))),
         ref_gen_(compat::make_generator(first_device(policy_), static_cast<std::uint64_t>(config_.seed) + 1)) {
-    config_.validate();
+    torch::manual_seed(static_cast<std::uint64_t>(config_.seed));  // as the HF Trainer's set_seed (dropout, if on)
     if constexpr (requires { Loss::dpo_loss::name; }) {  // a built-in DPO loss must be the one the config names
       const std::string_view name = Loss::dpo_loss::name;
       if ((name == "sigmoid" || name == "ipo") && name != config_.loss_type) {
@@ -259,7 +259,8 @@ class Trainer {
       save_weights(tmp, /*for_resume=*/true);
       copy_tokenizer_files(tmp);
       torch::save(*optimizer_, (tmp / "optimizer.pt").string());
-      std::vector<torch::Tensor> rng = {policy_gen_.get_state(), ref_gen_.get_state()};
+      std::vector<torch::Tensor> rng = {policy_gen_.get_state(), ref_gen_.get_state(),
+                                        compat::default_cpu_generator_state()};
       torch::save(rng, (tmp / "rng_state.pt").string());
       auto state_json = state_.to_json();
       state_json["config"] = config_.to_json();
@@ -297,9 +298,10 @@ class Trainer {
     torch::load(*optimizer_, (folder / "optimizer.pt").string());
     std::vector<torch::Tensor> rng;
     torch::load(rng, (folder / "rng_state.pt").string());
-    if (rng.size() != 2) throw FileError((folder / "rng_state.pt").string(), "expected two generator states");
+    if (rng.size() != 3) throw FileError((folder / "rng_state.pt").string(), "expected three generator states");
     policy_gen_.set_state(rng[0]);
     ref_gen_.set_state(rng[1]);
+    compat::set_default_cpu_generator_state(rng[2]);  // dropout's stream, when dropout is on
     state.max_steps = state_.max_steps;  // the run's length comes from this run's config
     state_ = std::move(state);
     window_ = {};
@@ -443,6 +445,11 @@ class Trainer {
   template <class C> void call_log(C& c, const training::Metrics& m) { if constexpr (training::HasLog<C, Trainer>) c.on_log(*this, m); }
   template <class C> void call_save(C& c, const std::filesystem::path& p) { if constexpr (training::HasSave<C, Trainer>) c.on_save(*this, p); }
   template <class C> void call_train_end(C& c) { if constexpr (training::HasTrainEnd<C, Trainer>) c.on_train_end(*this); }
+
+  static XPOConfig validated(XPOConfig config) {
+    config.validate();  // every bad field at once, before anything is built from them
+    return config;
+  }
 
   static Schedule make_schedule(const XPOConfig& config, std::optional<Schedule> given) {
     if (given) return std::move(*given);
