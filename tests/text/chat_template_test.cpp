@@ -147,6 +147,8 @@ TEST(JinjaErrors, MalformedTemplates) {
   expect_template_error("{{ 'abc }}", "unterminated string", 1, 4);
   expect_template_error("{# never closed", "unclosed comment", 1, 1);
   expect_template_error("{{ 1 + }}", "expected an expression", 1, 8);
+  expect_template_error("a{% if true %}{% break %}{% endif %}", "outside a for loop", 1, 18);
+  expect_template_error("{% for x in [1] %}{% endfor %}{% continue %}", "outside a for loop", 1, 34);
   expect_template_error("{{" + std::string(300, '(') + "1" + std::string(300, ')') + "}}", "nesting deeper");
 }
 

@@ -449,7 +449,9 @@ class Parser {
       }
       if (is_name("recursive")) fail("recursive for loops are not supported");
       expect(Tok::block_end, "'%}'");
+      ++loop_depth_;
       n->body = parse_body({"else", "endfor"});
+      --loop_depth_;
       next();
       if (next().text == "else") {
         expect(Tok::block_end, "'%}'");
@@ -490,6 +492,7 @@ class Parser {
       return n;
     }
     if (name == "break" || name == "continue") {
+      if (loop_depth_ == 0) fail("'{% " + name + " %}' outside a for loop", &name_tok);
       auto n = make(name == "break" ? Node::Kind::break_ : Node::Kind::continue_, begin);
       expect(Tok::block_end, "'%}'");
       return n;
@@ -865,6 +868,7 @@ class Parser {
   std::size_t i_ = 0;
   Limits limits_;
   int depth_ = 0;
+  int loop_depth_ = 0;  // for bodies being parsed: where break/continue are allowed
 };
 
 }  // namespace detail
