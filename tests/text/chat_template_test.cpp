@@ -212,6 +212,15 @@ TEST(PreparePrompt, StandardAndConversationalPrompts) {
     EXPECT_NE(std::string(e.what()).find("\"system\""), std::string::npos) << e.what();
   }
   EXPECT_THROW((void)xpo::text::prepare_prompt(tok, ordered_json::array({{{"content", "x"}}}), &chat), xpo::ConfigError);
+  // A conversation without any chat template: the error names the prompt and the missing template.
+  const auto bare = Tokenizer::from_file(xpo::test::fixture_path("tokenizers/qwen/tokenizer.json"));
+  try {
+    (void)xpo::text::prepare_prompt(bare, user, nullptr, ordered_json::object(), "prompts.jsonl:3");
+    ADD_FAILURE();
+  } catch (const xpo::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("prompts.jsonl:3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("chat_template"), std::string::npos) << e.what();
+  }
   EXPECT_THROW((void)xpo::text::prepare_prompt(tok, ordered_json(3), &chat), xpo::ConfigError);
 }
 

@@ -330,6 +330,17 @@ TEST_F(TrainerTest, BadInputsAreClearErrors) {
   }
   EXPECT_THROW(make(config, {{{"text", "no prompt"}}}), xpo::ConfigError);
   EXPECT_THROW(make(config, {}), xpo::ConfigError);
+  // A checkpoint whose trainer_state.json is not a trainer state: an error naming the file.
+  std::filesystem::create_directories(dir_ / "checkpoint-1");
+  xpo::write_json_file(dir_ / "checkpoint-1" / "trainer_state.json", {{"global_step", "three"}});
+  xpo::Trainer<xpo::models::CausalLM, TokenShareScorer> resumed(policy, std::nullopt, TokenShareScorer{3}, tok, config, prompts(2));
+  try {
+    resumed.resume_from_checkpoint((dir_ / "checkpoint-1").string());
+    ADD_FAILURE();
+  } catch (const xpo::FileError& e) {
+    EXPECT_NE(std::string(e.what()).find("trainer_state.json"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("not a trainer state"), std::string::npos) << e.what();
+  }
   config.loss_type = "ipo";  // the Loss is XPO<Sigmoid>
   EXPECT_THROW(make(config, prompts(2)), xpo::ConfigError);
   config.loss_type = "sigmoid";

@@ -54,13 +54,8 @@ class RewardModelScorer {
     rows.reserve(prompts.size());
     for (std::size_t i = 0; i < prompts.size(); ++i) rows.push_back(tokenizer_->encode(prompts[i] + completions[i], false));
     const auto pad = pad_id();
-    const auto batch = pad_sequences(rows, pad, PaddingSide::right, model_device());
-    const auto pos = position_ids_from_mask(batch.mask);
-    const auto ids = batch.ids.masked_fill(batch.mask.eq(0), 0);
-    const auto logits = model_->forward(ids, batch.mask, pos);                        // [B, T, 1]
-    const auto last = batch.mask.sum(-1).clamp_min(1) - 1;                            // [B]
-    const auto rows_index = torch::arange(ids.size(0), last.options());
-    return logits.index({rows_index, last}).select(-1, 0).to(torch::kFloat);
+    const auto batch = pad_sequences(rows, pad, PaddingSide::right, model_device());  // [B, T]
+    return model_->sequence_scores(batch.ids, batch.mask, position_ids_from_mask(batch.mask), pad).select(-1, 0).to(torch::kFloat);
   }
 
   // The reward model's vocabulary; the trainer checks it against the policy's when there is no own tokenizer.

@@ -163,10 +163,10 @@ PreparedPrompt prepare_prompt(const Tokenizer& tokenizer, const Json& prompt, co
                         "(continue it), not \"" + role + "\"");
     }
     std::optional<ChatTemplate> own;
-    if (chat == nullptr) chat = &own.emplace(ChatTemplate::of(tokenizer));
     try {
+      if (chat == nullptr) chat = &own.emplace(ChatTemplate::of(tokenizer));
       out.text = chat->render(prompt, tokenizer.special_tokens(), options);
-    } catch (const jinja::TemplateError& e) {
+    } catch (const Error& e) {  // no template, or the template failed: name the prompt
       throw ConfigError(where + ": " + e.what());
     }
   } else {

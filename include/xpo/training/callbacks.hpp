@@ -56,9 +56,7 @@ class MetricsLogger {
   }
   template <class T>
   void on_log(T& trainer, const Metrics& metrics) {
-    nlohmann::json line = {{"step", trainer.state().global_step}};
-    for (const auto& [k, v] : metrics) line[k] = v;
-    out_ << line.dump() << '\n';
+    out_ << log_line(trainer.state().global_step, metrics).dump() << '\n';
     out_.flush();
     if (!out_) throw FileError(path_.string(), "write failed (disk full?)");
   }

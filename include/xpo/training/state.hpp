@@ -20,6 +20,13 @@ namespace xpo::training {
 
 using Metrics = std::map<std::string, double>;
 
+// One log entry as trainer_state.json's log_history and metrics.jsonl hold it: {"step": N, <every metric>}.
+inline nlohmann::json log_line(std::int64_t step, const Metrics& metrics) {
+  nlohmann::json line = {{"step", step}};
+  for (const auto& [k, v] : metrics) line[k] = v;
+  return line;
+}
+
 struct TrainerState {
   std::int64_t global_step = 0;  // optimizer steps done
   std::int64_t micro_step = 0;   // micro-batches consumed

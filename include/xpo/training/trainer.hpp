@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -136,7 +137,7 @@ class Trainer {
       const bool last = state_.global_step == state_.max_steps;
       if (state_.global_step % config_.logging_steps == 0 || last) {
         const auto metrics = flush_metrics();
-        state_.log_history.push_back(to_json_line(metrics));
+        state_.log_history.push_back(training::log_line(state_.global_step, metrics));
         (call_log(callbacks, metrics), ...);
       }
       if (state_.global_step % config_.save_steps == 0) {
@@ -162,21 +163,9 @@ class Trainer {
     const auto t1 = Clock::now();
     const double lr = training::scheduled_learning_rate(config_, state_.global_step, state_.max_steps);
     for (auto& group : optimizer_->param_groups()) group.options().set_lr(lr);
-    double grad_norm = 0.0;
-    {
-      torch::NoGradGuard no_grad;
-      std::vector<torch::Tensor> norms;
-      for (const auto& p : params_) {
-        if (p.grad().defined()) norms.push_back(p.grad().detach().to(torch::kDouble).norm());
-      }
-      grad_norm = norms.empty() ? 0.0 : torch::stack(norms).norm().template item<double>();
-      if (config_.max_grad_norm > 0 && grad_norm > config_.max_grad_norm) {
-        const double scale = config_.max_grad_norm / (grad_norm + 1e-6);
-        for (const auto& p : params_) {
-          if (p.grad().defined()) p.grad().mul_(scale);
-        }
-      }
-    }
+    // LibTorch's clip_grad_norm_ (PyTorch's formula); max_grad_norm 0 = no clipping, the norm is still logged.
+    const double grad_norm = torch::nn::utils::clip_grad_norm_(
+        params_, config_.max_grad_norm > 0 ? config_.max_grad_norm : std::numeric_limits<double>::infinity());
     optimizer_->step();
     optimizer_->zero_grad();
     ++state_.global_step;
@@ -434,12 +423,6 @@ class Trainer {
     return m;
   }
 
-  nlohmann::json to_json_line(const training::Metrics& m) const {
-    nlohmann::json j = {{"step", state_.global_step}};
-    for (const auto& [k, v] : m) j[k] = v;
-    return j;
-  }
-
   template <class C> void call_train_begin(C& c) { if constexpr (training::HasTrainBegin<C, Trainer>) c.on_train_begin(*this); }
   template <class C> void call_step_end(C& c) { if constexpr (training::HasStepEnd<C, Trainer>) c.on_step_end(*this); }
   template <class C> void call_log(C& c, const training::Metrics& m) { if constexpr (training::HasLog<C, Trainer>) c.on_log(*this, m); }
@@ -542,9 +525,6 @@ class Trainer {
       if (!row.is_object() || !row.contains("prompt")) throw ConfigError(where + ": no \"prompt\"");
       nlohmann::ordered_json kwargs = nlohmann::ordered_json::object();
       if (row.contains("chat_template_kwargs") && row["chat_template_kwargs"].is_object()) kwargs = row["chat_template_kwargs"];
-      if (row["prompt"].is_array() && !chat_) {
-        throw ConfigError(where + ": a conversational prompt needs a chat template, and the tokenizer has none");
-      }
       auto p = text::prepare_prompt(tokenizer_, row["prompt"], chat_ ? &*chat_ : nullptr, kwargs, where);
       if (p.ids.empty()) throw ConfigError(where + ": the prompt is empty after tokenisation");
       if (context && static_cast<std::int64_t>(p.ids.size()) + config_.max_new_tokens > *context) {
