@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
-cmake --build build --target xpo-quickstart
-./build/examples/xpo-quickstart "$@"
+cmake --build build --target xpo-train xpo-chat
+./build/examples/xpo-train "$@"

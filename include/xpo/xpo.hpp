@@ -38,6 +38,7 @@
 #include "xpo/scoring/function.hpp"
 #include "xpo/scoring/preference.hpp"
 #include "xpo/scoring/reward_model.hpp"
+#include "xpo/scoring/rules.hpp"
 #include "xpo/text/chat.hpp"
 #include "xpo/text/jinja/parser.hpp"
 #include "xpo/text/jinja/template.hpp"

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <xpo/scoring/preference.hpp>
+#include <xpo/scoring/rules.hpp>
 
 namespace {
 
@@ -24,3 +25,43 @@ TEST(ChosenMask, OnlyJudgementZeroPicksThePolicy) {
 }
 
 }  // namespace
+
+// The built-in rules (xpo/scoring/rules.hpp), on hand-made texts.
+TEST(Rules, PositivityCountsLexiconWordsAndClips) {
+  using xpo::scoring::rules::positivity;
+  EXPECT_EQ(positivity("", "Cats are wonderful. I LOVE them!"), 2.0);
+  EXPECT_EQ(positivity("", "Rain is awful, bad and boring."), -3.0);
+  EXPECT_EQ(positivity("", "good bad"), 0.0);
+  EXPECT_EQ(positivity("", "goodness lovelier"), 0.0) << "whole words only";
+  EXPECT_EQ(positivity("", "great great great great great"), 3.0) << "clipped";
+  EXPECT_EQ(positivity("a prompt full of love and joy", ""), 0.0) << "the prompt does not count";
+}
+
+TEST(Rules, ConciseRewardsFinishedShortAnswers) {
+  using xpo::scoring::rules::concise;
+  EXPECT_DOUBLE_EQ(concise("", "Yes."), 1.0 - 0.04);
+  EXPECT_DOUBLE_EQ(concise("", "Yes. "), 1.0 - 0.05);
+  EXPECT_DOUBLE_EQ(concise("", "yes and"), -0.07);
+  EXPECT_DOUBLE_EQ(concise("", ""), 0.0);
+}
+
+TEST(Rules, ScorerJudgeAndUnknownNames) {
+  namespace rules = xpo::scoring::rules;
+  auto judge = rules::rule_judge("positivity");
+  const auto ranks = judge.judge({"p", "p", "p"}, {{"it is good", "it is bad"}, {"bad", "good"}, {"meh", "meh"}});
+  EXPECT_EQ(ranks, (std::vector<int>{0, 1, 0})) << "higher score wins, a tie goes to the policy";
+  auto scorer = rules::rule_scorer("concise");
+  xpo::CompletionBatch batch;
+  batch.completion_ids = torch::zeros({2, 1}, torch::kLong);
+  batch.prompts = {"p", "q"};
+  batch.completions = {"Ok.", "no"};
+  const auto s = scorer.score(batch);
+  EXPECT_NEAR(s[0].item<double>(), 0.97, 1e-6);
+  EXPECT_NEAR(s[1].item<double>(), -0.02, 1e-6);
+  try {
+    (void)rules::rule("positive");
+    ADD_FAILURE();
+  } catch (const xpo::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("positivity"), std::string::npos) << e.what();
+  }
+}

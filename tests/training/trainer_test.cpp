@@ -211,6 +211,52 @@ void check_resume(const std::filesystem::path& dir, bool lora) {
 TEST_F(TrainerTest, ResumeIsBitIdentical) { check_resume(dir_, false); }
 TEST_F(TrainerTest, ResumeIsBitIdenticalWithLoRA) { check_resume(dir_, true); }
 
+// request_stop (what xpo-train's Ctrl-C handler triggers): the current step finishes, its metrics are logged, a
+// checkpoint is saved, no final model is written, and resuming from it completes the run as if never stopped.
+struct StopAfter {
+  std::int64_t at;
+  template <class T>
+  void on_step_end(T& trainer) {
+    if (trainer.state().global_step == at) trainer.request_stop();
+  }
+};
+
+TEST_F(TrainerTest, RequestStopSavesACheckpointAndResumes) {
+  const auto make = [&](const std::filesystem::path& out) {
+    auto config = small_config(out);
+    config.logging_steps = 10;  // the stop must flush the open metric window itself
+    config.save_steps = 10;
+    return std::make_unique<xpo::XPOTrainer>(xpo::models::load_causal_lm(tiny_policy()), std::nullopt,
+                                             xpo::scoring::RewardModelScorer(xpo::models::load_reward_model(tiny_reward_model())),
+                                             xpo::text::Tokenizer::from_pretrained(tiny_policy()), config, prompts(5));
+  };
+  auto straight = make(dir_ / "straight");
+  straight->train();
+  EXPECT_FALSE(straight->stopped_early());
+
+  auto stopped = make(dir_ / "stopped");
+  StopAfter stop{3};
+  xpo::training::MetricsLogger metrics;
+  stopped->train(stop, metrics);
+  EXPECT_TRUE(stopped->stopped_early());
+  EXPECT_EQ(stopped->state().global_step, 3);
+  EXPECT_TRUE(std::filesystem::exists(dir_ / "stopped" / "checkpoint-3" / "trainer_state.json"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "stopped" / "config.json")) << "no final model after a stop";
+  const auto logged = read_lines(dir_ / "stopped" / "metrics.jsonl");
+  ASSERT_EQ(logged.size(), 1u);
+  EXPECT_EQ(logged[0]["step"], 3);
+  stopped.reset();
+
+  auto resumed = make(dir_ / "stopped");
+  resumed->resume_from_checkpoint("latest");
+  resumed->train();
+  EXPECT_FALSE(resumed->stopped_early());
+  EXPECT_TRUE(std::filesystem::exists(dir_ / "stopped" / "config.json"));
+  auto a = straight->policy()->named_parameters();
+  auto b = resumed->policy()->named_parameters();
+  for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << p.key();
+}
+
 // The four learning-rate schedules of transformers' get_scheduler, at hand-computed points (total 10 steps,
 // warmup 2, peak 1.0).
 TEST(LearningRate, SchedulesMatchTransformers) {

@@ -123,31 +123,50 @@ class Trainer {
 
   // ---- the loop -----------------------------------------------------------------------------------------------
   // Runs optimizer steps until state().max_steps, calling each callback's hooks; saves checkpoints every
-  // save_steps and the final model to output_dir.
+  // save_steps and the final model to output_dir. After request_stop() (from a callback, e.g. on Ctrl-C) it
+  // finishes the current optimizer step, logs the open metric window, saves a checkpoint and returns without
+  // writing the final model; stopped_early() then says so.
   template <class... Callbacks>
   void train(Callbacks&... callbacks) {
     static_assert((training::Callback<Callbacks, Trainer> && ...),
                   "every argument of Trainer::train must be a callback: a type with on_train_begin, on_step_end, "
                   "on_log, on_save or on_train_end (see training/callbacks.hpp)");
     std::filesystem::create_directories(config_.output_dir);
+    stop_requested_ = stopped_early_ = false;
     (call_train_begin(callbacks), ...);
-    while (state_.global_step < state_.max_steps) {
+    std::int64_t saved_at = state_.global_step;  // nothing new to save before a step has run
+    while (state_.global_step < state_.max_steps && !stop_requested_) {
       optimizer_step();
       (call_step_end(callbacks), ...);
       const bool last = state_.global_step == state_.max_steps;
-      if (state_.global_step % config_.logging_steps == 0 || last) {
+      if (state_.global_step % config_.logging_steps == 0 || last || stop_requested_) {
         const auto metrics = flush_metrics();
         state_.log_history.push_back(training::log_line(state_.global_step, metrics));
         (call_log(callbacks, metrics), ...);
       }
-      if (state_.global_step % config_.save_steps == 0) {
+      if (state_.global_step % config_.save_steps == 0 || (stop_requested_ && !last)) {
         const auto folder = save_checkpoint();
+        saved_at = state_.global_step;
         (call_save(callbacks, folder), ...);
       }
     }
-    save_model(config_.output_dir);
+    if (stop_requested_ && state_.global_step < state_.max_steps) {
+      if (saved_at != state_.global_step) {
+        const auto folder = save_checkpoint();
+        (call_save(callbacks, folder), ...);
+      }
+      stopped_early_ = true;
+    } else {
+      save_model(config_.output_dir);
+    }
     (call_train_end(callbacks), ...);
   }
+
+  // Makes train() stop after the current optimizer step (see train). Call it from a callback; a signal handler
+  // should only set a flag that a callback reads.
+  void request_stop() noexcept { stop_requested_ = true; }
+  // Whether the last train() returned before max_steps because of request_stop().
+  [[nodiscard]] bool stopped_early() const noexcept { return stopped_early_; }
 
   // One optimizer step: gradient_accumulation_steps micro-batches, clipping, AdamW, the LR schedule.
   void optimizer_step() {
@@ -679,6 +698,7 @@ class Trainer {
   mutable std::int64_t order_epoch_ = -1;
   Window window_;
   StepTiming last_timing_;
+  bool stop_requested_ = false, stopped_early_ = false;
 };
 
 // TRL's XPOTrainer: a Qwen2/Llama policy, a reward model, XPO over the sigmoid DPO loss, alpha/beta from the

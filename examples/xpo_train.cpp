@@ -1,0 +1,405 @@
+// xpo-train — TRL's examples/scripts/xpo.py for xpo: XPO on a local Hugging Face checkpoint with a JSONL prompt
+// set, scored by a reward model, a judge or a built-in rule. Flags are TRL's names (`--help` lists them); every
+// bad value is reported at once, before any model is loaded. Ctrl-C finishes the current step, saves a checkpoint
+// and exits with status 130; `--resume_from_checkpoint latest` continues from it.
+//
+// With no --model_name_or_path it runs the embedded default (embedded_default.hpp): a small Qwen2 policy and a
+// byte-level tokenizer produced on the spot, a shipped prompt set and the `positivity` rule, and reports the mean
+// score on held-out prompts before and after training.
+#include <xpo/xpo.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "embedded_default.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::ordered_json;
+
+// The script's own flags (TRL: ScriptArguments + ModelConfig); XPOConfig carries the training ones.
+struct ScriptArgs {
+  std::string model_name_or_path;
+  std::string reward_model_path;
+  std::string judge;
+  std::string reward_rule;
+  std::string dataset_name;
+  std::string eval_dataset;
+  double eval_fraction = 0.0;
+  bool skip_bad_rows = false;
+  std::int64_t num_eval_samples = 4;
+  bool use_peft = false;
+  std::int64_t lora_r = 16;
+  double lora_alpha = 32;
+  double lora_dropout = 0.05;
+  std::vector<std::string> lora_target_modules{"q_proj", "v_proj"};
+  std::string resume_from_checkpoint;
+  std::vector<std::string> report_to{"jsonl", "tensorboard"};
+  bool bf16 = false;
+  std::int64_t log_completions_steps = 0;
+};
+
+// The embedded default's run: what the quick start trains with unless a flag says otherwise.
+void apply_embedded_defaults(ScriptArgs& args, xpo::XPOConfig& c) {
+  args.reward_rule = "positivity";
+  c.output_dir = "xpo-quickstart-output";
+  c.per_device_train_batch_size = 16;
+  c.max_steps = 120;
+  c.learning_rate = 2e-4;
+  c.warmup_ratio = 0.05;
+  c.max_new_tokens = 48;
+  c.temperature = 0.7;
+  c.beta = {0.1};
+  c.alpha = {1e-5};
+  c.missing_eos_penalty = 1.0;
+  c.logging_steps = 10;
+  c.save_steps = 60;
+  c.save_total_limit = 2;
+  c.seed = 42;
+  args.num_eval_samples = 4;
+}
+
+volatile std::sig_atomic_t g_interrupted = 0;
+extern "C" void on_interrupt(int) {
+  g_interrupted = 1;
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
+  std::signal(SIGTERM, SIG_DFL);
+}
+
+// Turns Ctrl-C / SIGTERM into Trainer::request_stop at the end of the current optimizer step.
+struct StopOnSignal {
+  template <class T>
+  void on_step_end(T& trainer) {
+    if (g_interrupted && !announced) {
+      std::fprintf(stderr, "\nxpo-train: interrupted at step %lld: saving a checkpoint (Ctrl-C again to abort)\n",
+                   static_cast<long long>(trainer.state().global_step));
+      announced = true;
+    }
+    if (g_interrupted) trainer.request_stop();
+  }
+  template <class T>
+  void on_train_begin(T& trainer) {
+    if (g_interrupted) trainer.request_stop();
+  }
+  bool announced = false;
+};
+
+// --report_to: the loggers chosen at run time, behind one callback.
+struct Reporters {
+  std::optional<xpo::training::MetricsLogger> jsonl;
+  std::optional<xpo::training::TensorBoardLogger> tensorboard;
+  template <class T>
+  void on_train_begin(T& t) {
+    if (jsonl) jsonl->on_train_begin(t);
+    if (tensorboard) tensorboard->on_train_begin(t);
+  }
+  template <class T>
+  void on_log(T& t, const xpo::training::Metrics& m) {
+    if (jsonl) jsonl->on_log(t, m);
+    if (tensorboard) tensorboard->on_log(t, m);
+  }
+};
+
+// Saves under the final save_model too: on_save is the trainer telling us a checkpoint was written.
+struct SaveNotes {
+  template <class T>
+  void on_save(T&, const fs::path& folder) {
+    last = folder;
+  }
+  fs::path last;
+};
+
+// Every problem with the script flags, found without loading anything.
+std::vector<std::string> check(const ScriptArgs& a, const xpo::XPOConfig& c, bool embedded) {
+  std::vector<std::string> p;
+  const auto need_dir = [&](const std::string& flag, const std::string& path, bool model) {
+    if (path.empty()) return;
+    if (!fs::is_directory(path)) p.push_back("--" + flag + " " + path + ": no such folder");
+    else if (model && !fs::exists(fs::path(path) / "config.json")) p.push_back("--" + flag + " " + path + ": no config.json in it (not a Hugging Face model folder)");
+  };
+  if (!embedded) {
+    need_dir("model_name_or_path", a.model_name_or_path, true);
+    if (a.dataset_name.empty()) p.push_back("--dataset_name: required (a JSONL file or a folder of them)");
+    else if (!fs::exists(a.dataset_name)) p.push_back("--dataset_name " + a.dataset_name + ": no such file or folder");
+    const int scorers = !a.reward_model_path.empty() + !a.judge.empty() + !a.reward_rule.empty();
+    if (scorers == 0) p.push_back("give one of --reward_model_path, --judge or --reward_rule");
+    if (scorers > 1) p.push_back("give only one of --reward_model_path, --judge and --reward_rule");
+  }
+  need_dir("reward_model_path", a.reward_model_path, true);
+  if (!a.judge.empty() && !fs::is_directory(a.judge)) {
+    try {
+      (void)xpo::scoring::rules::rule(a.judge);
+    } catch (const xpo::ConfigError& e) {
+      p.push_back("--judge " + a.judge + ": not a reward-model folder, and " + e.what());
+    }
+  }
+  if (!a.judge.empty() && fs::is_directory(a.judge)) need_dir("judge", a.judge, true);
+  if (!a.reward_rule.empty()) {
+    try {
+      (void)xpo::scoring::rules::rule(a.reward_rule);
+    } catch (const xpo::ConfigError& e) {
+      p.push_back(std::string("--reward_rule: ") + e.what());
+    }
+  }
+  if (!a.eval_dataset.empty() && !fs::exists(a.eval_dataset)) p.push_back("--eval_dataset " + a.eval_dataset + ": no such file or folder");
+  if (!(a.eval_fraction >= 0 && a.eval_fraction < 1)) p.push_back("--eval_fraction: must be in [0, 1)");
+  if (!a.eval_dataset.empty() && a.eval_fraction > 0) p.push_back("give --eval_dataset or --eval_fraction, not both");
+  if (a.num_eval_samples < 1) p.push_back("--num_eval_samples: must be >= 1");
+  if (a.lora_r < 1) p.push_back("--lora_r: must be >= 1");
+  if (!(a.lora_alpha > 0)) p.push_back("--lora_alpha: must be > 0");
+  if (!(a.lora_dropout >= 0 && a.lora_dropout < 1)) p.push_back("--lora_dropout: must be in [0, 1)");
+  for (const auto& m : a.lora_target_modules)
+    if (!xpo::models::lora_target_names().contains(m)) p.push_back("--lora_target_modules: unknown module \"" + m + "\"");
+  for (const auto& r : a.report_to)
+    if (r != "jsonl" && r != "tensorboard" && r != "none" && r != "all") p.push_back("--report_to " + r + ": expected tensorboard, jsonl, all or none");
+  if (a.log_completions_steps < 0) p.push_back("--log_completions_steps: must be >= 0");
+  if (fs::exists(c.output_dir) && !fs::is_directory(c.output_dir)) p.push_back("--output_dir " + c.output_dir + ": exists and is not a folder");
+  if (!a.resume_from_checkpoint.empty() && a.resume_from_checkpoint != "latest" && !fs::is_directory(a.resume_from_checkpoint))
+    p.push_back("--resume_from_checkpoint " + a.resume_from_checkpoint + ": not \"latest\" and no such folder");
+  return p;
+}
+
+bool wants(const ScriptArgs& a, const std::string& what) {
+  for (const auto& r : a.report_to)
+    if (r == what || r == "all") return true;
+  return false;
+}
+
+// The eval prompts repeated num_eval_samples times (one batch), completed and scored by the trainer.
+template <class Trainer>
+std::vector<xpo::CompletionSample> sample_eval(Trainer& trainer, const xpo::PromptDataset& eval, std::int64_t repeats) {
+  xpo::PromptDataset rows;
+  for (std::int64_t r = 0; r < repeats; ++r) rows.insert(rows.end(), eval.begin(), eval.end());
+  std::vector<xpo::CompletionSample> all;
+  const auto batch = static_cast<std::size_t>(std::max<std::int64_t>(trainer.config().per_device_eval_batch_size, 1)) * 8;
+  for (std::size_t i = 0; i < rows.size(); i += batch) {
+    const xpo::PromptDataset part(rows.begin() + static_cast<std::ptrdiff_t>(i),
+                                  rows.begin() + static_cast<std::ptrdiff_t>(std::min(rows.size(), i + batch)));
+    auto out = trainer.complete(part);
+    all.insert(all.end(), out.begin(), out.end());
+  }
+  return all;
+}
+
+double mean_score(const std::vector<xpo::CompletionSample>& samples) {
+  double sum = 0;
+  for (const auto& s : samples) sum += s.score.value_or(0.0);
+  return samples.empty() ? 0.0 : sum / static_cast<double>(samples.size());
+}
+
+// What the user wrote: the string prompt, or the last message of a conversation.
+std::string shown_prompt(const ordered_json& row) {
+  const auto& p = row.at("prompt");
+  return p.is_string() ? p.get<std::string>() : p.back().at("content").get<std::string>();
+}
+
+std::string one_line(std::string s) {
+  for (auto& c : s)
+    if (c == '\n') c = ' ';
+  return s;
+}
+
+template <class Trainer>
+int run(Trainer& trainer, const ScriptArgs& args, bool judge) {
+  const auto& config = trainer.config();
+  if (!args.resume_from_checkpoint.empty()) {
+    trainer.resume_from_checkpoint(args.resume_from_checkpoint);
+    std::fprintf(stderr, "xpo-train: resumed at step %lld\n", static_cast<long long>(trainer.state().global_step));
+  }
+  const auto& eval = trainer.eval_dataset();
+  const char* score_name = judge ? "win rate vs reference" : "mean score";
+  std::optional<double> before;
+  if (!eval.empty() && trainer.state().global_step == 0) {
+    before = mean_score(sample_eval(trainer, eval, args.num_eval_samples));
+    std::fprintf(stderr, "xpo-train: %s on %zu held-out prompts x %lld samples before training: %.3f\n", score_name,
+                 eval.size(), static_cast<long long>(args.num_eval_samples), *before);
+  }
+  Reporters reporters;
+  if (wants(args, "jsonl")) reporters.jsonl.emplace();
+  if (wants(args, "tensorboard")) reporters.tensorboard.emplace();
+  xpo::training::ProgressBar progress;
+  StopOnSignal stop;
+  SaveNotes saves;
+  if (args.log_completions_steps > 0 && !eval.empty()) {
+    xpo::training::LogCompletionsCallback completions(args.log_completions_steps, 8);
+    trainer.train(reporters, progress, stop, saves, completions);
+  } else {
+    trainer.train(reporters, progress, stop, saves);
+  }
+  if (trainer.stopped_early()) {
+    if (saves.last.empty()) std::fprintf(stderr, "xpo-train: stopped before the first step ended; nothing to save\n");
+    else
+      std::fprintf(stderr, "xpo-train: checkpoint saved to %s; continue with --resume_from_checkpoint latest\n",
+                   saves.last.string().c_str());
+    return 130;
+  }
+  std::fprintf(stderr, "xpo-train: model saved to %s (open it with: xpo-chat --model_name_or_path %s)\n",
+               config.output_dir.c_str(), config.output_dir.c_str());
+  if (eval.empty()) return 0;
+  const auto after_samples = sample_eval(trainer, eval, args.num_eval_samples);
+  const double after = mean_score(after_samples);
+  ordered_json results = {{"metric", score_name}, {"eval_prompts", eval.size()}, {"samples_per_prompt", args.num_eval_samples},
+                          {"after", after}, {"global_step", trainer.state().global_step}};
+  if (before) results["before"] = *before;
+  std::printf("\n%-28s %10s %10s\n", score_name, "before", "after");
+  std::printf("%-28s %10s %10.3f\n", ("held-out prompts (" + std::to_string(eval.size()) + ")").c_str(),
+              before ? std::to_string(*before).substr(0, 6).c_str() : "-", after);
+  std::printf("\nsample completions after training:\n");
+  ordered_json samples = ordered_json::array();
+  for (std::size_t i = 0; i < eval.size() && i < 4; ++i) {  // four different prompts, spread over the set
+    const auto k = i * eval.size() / std::min<std::size_t>(4, eval.size());
+    const auto& s = after_samples[k];
+    std::printf("  [%5.2f] %s -> %s\n", s.score.value_or(0.0), one_line(shown_prompt(eval[k])).c_str(), one_line(s.completion).c_str());
+    samples.push_back({{"prompt", s.prompt}, {"completion", s.completion}, {"score", s.score.value_or(0.0)}});
+  }
+  results["samples"] = samples;
+  xpo::write_json_file(fs::path(config.output_dir) / "eval_results.json", results);
+  return 0;
+}
+
+template <class Scorer, class Loss>
+int build_and_run(xpo::models::CausalLM policy, Scorer scorer, xpo::text::Tokenizer tokenizer, const xpo::XPOConfig& config,
+                  xpo::PromptDataset train, xpo::PromptDataset eval, const ScriptArgs& args) {
+  xpo::Trainer<xpo::models::CausalLM, Scorer, Loss> trainer(std::move(policy), std::nullopt, std::move(scorer), std::move(tokenizer),
+                                                           config, std::move(train), std::move(eval));
+  return run(trainer, args, xpo::PairwiseJudge<Scorer>);
+}
+
+template <class Scorer>
+int dispatch_loss(xpo::models::CausalLM policy, Scorer scorer, xpo::text::Tokenizer tokenizer, const xpo::XPOConfig& config,
+                  xpo::PromptDataset train, xpo::PromptDataset eval, const ScriptArgs& args) {
+  using namespace xpo::losses;
+  if (config.loss_type == "ipo")
+    return build_and_run<Scorer, XPO<IPO>>(std::move(policy), std::move(scorer), std::move(tokenizer), config, std::move(train), std::move(eval), args);
+  return build_and_run<Scorer, XPO<Sigmoid>>(std::move(policy), std::move(scorer), std::move(tokenizer), config, std::move(train), std::move(eval), args);
+}
+
+// The reward model and, when its tokenizer differs from the policy's, that tokenizer (re-tokenised scoring).
+std::optional<xpo::text::Tokenizer> own_tokenizer(const fs::path& reward_model, const fs::path& policy) {
+  if (!fs::exists(reward_model / "tokenizer.json")) return std::nullopt;
+  if (fs::exists(policy / "tokenizer.json") &&
+      xpo::read_text_file(reward_model / "tokenizer.json", xpo::text::kMaxTokenizerFileBytes) ==
+          xpo::read_text_file(policy / "tokenizer.json", xpo::text::kMaxTokenizerFileBytes))
+    return std::nullopt;
+  return xpo::text::Tokenizer::from_pretrained(reward_model);
+}
+
+int main_impl(int argc, char** argv) {
+  ScriptArgs args;
+  xpo::XPOConfig config;
+  bool embedded = true;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    std::replace(a.begin(), a.end(), '-', '_');
+    if (a.rfind("__model_name_or_path", 0) == 0) embedded = false;
+  }
+  if (embedded) apply_embedded_defaults(args, config);
+
+  xpo::FlagParser flags("xpo-train",
+                        "XPO (online DPO with an exploration bonus) on a local Hugging Face checkpoint.\n"
+                        "Without --model_name_or_path: the embedded default (a small Qwen2 policy built on the spot,\n"
+                        "shipped prompts, the positivity rule), whose defaults are shown below.");
+  flags.add("model_name_or_path", args.model_name_or_path, "policy: a local Hugging Face folder (config.json, model.safetensors, tokenizer.json); empty = the embedded default");
+  flags.add("reward_model_path", args.reward_model_path, "a sequence-classification reward model folder (scores both samples)");
+  flags.add("judge", args.judge, "pairwise judge: a reward-model folder used as a judge, or a built-in rule (positivity, concise)");
+  flags.add("reward_rule", args.reward_rule, "a built-in rule used as the reward: positivity or concise");
+  flags.add("dataset_name", args.dataset_name, "prompt set: a JSONL file or a folder of *.jsonl with a \"prompt\" column");
+  flags.add("eval_dataset", args.eval_dataset, "held-out prompts (JSONL file or folder)");
+  flags.add("eval_fraction", args.eval_fraction, "hold out this fraction of the prompt set instead (seeded)");
+  flags.add("skip_bad_rows", args.skip_bad_rows, "skip and count malformed JSONL lines instead of stopping");
+  flags.add("num_eval_samples", args.num_eval_samples, "samples per held-out prompt for the before/after score");
+  flags.add("log_completions_steps", args.log_completions_steps, "log eval completions every N steps (0 = off)");
+  flags.add("use_peft", args.use_peft, "train LoRA adapters instead of every weight");
+  flags.add("lora_r", args.lora_r, "LoRA rank");
+  flags.add("lora_alpha", args.lora_alpha, "LoRA alpha (scaling = alpha / r)");
+  flags.add("lora_dropout", args.lora_dropout, "LoRA dropout");
+  flags.add("lora_target_modules", args.lora_target_modules, "LoRA targets among q_proj k_proj v_proj o_proj gate_proj up_proj down_proj");
+  flags.add("resume_from_checkpoint", args.resume_from_checkpoint, "\"latest\" or a checkpoint folder of this output_dir");
+  flags.add("report_to", args.report_to, "where metrics go: jsonl (metrics.jsonl), tensorboard (runs/), all, none");
+  flags.add("bf16", args.bf16, "train in bfloat16 (same as --dtype bfloat16)");
+  flags.add_config(config);
+  try {
+    if (!flags.parse(argc, argv, std::cout)) return 0;
+  } catch (const xpo::ConfigError& e) {
+    std::fprintf(stderr, "xpo-train: %zu problem%s:\n", e.problems().size(), e.problems().size() == 1 ? "" : "s");
+    for (const auto& p : e.problems()) std::fprintf(stderr, "  %s\n", p.c_str());
+    std::fprintf(stderr, "(xpo-train --help lists every flag)\n");
+    return 2;
+  }
+  if (args.bf16) config.dtype = "bfloat16";
+  if (const auto problems = check(args, config, embedded); !problems.empty()) {
+    std::fprintf(stderr, "xpo-train: %zu problem%s:\n", problems.size(), problems.size() == 1 ? "" : "s");
+    for (const auto& p : problems) std::fprintf(stderr, "  %s\n", p.c_str());
+    return 2;
+  }
+  std::signal(SIGINT, on_interrupt);
+  std::signal(SIGTERM, on_interrupt);
+
+  // Data first: a malformed line stops the run before a model is loaded or anything is written.
+  const fs::path out(config.output_dir);
+  if (embedded) {
+    const auto base = out / "base-model";
+    if (!fs::exists(base / "model.safetensors")) xpo_examples::embedded::build(base);
+    else std::fprintf(stderr, "embedded default: reusing %s\n", base.string().c_str());
+    args.model_name_or_path = base.string();
+    if (args.dataset_name.empty()) {
+      xpo_examples::embedded::write_jsonl(out / "prompts" / "train.jsonl", xpo_examples::embedded::prompt_rows(xpo_examples::embedded::kTrainTopics));
+      xpo_examples::embedded::write_jsonl(out / "prompts" / "eval.jsonl", xpo_examples::embedded::prompt_rows(xpo_examples::embedded::kEvalTopics));
+      args.dataset_name = (out / "prompts" / "train.jsonl").string();
+      if (args.eval_fraction == 0 && args.eval_dataset.empty()) args.eval_dataset = (out / "prompts" / "eval.jsonl").string();
+    }
+  }
+  xpo::io::PromptDatasetOptions data_options;
+  data_options.skip_bad_rows = args.skip_bad_rows;
+  auto loaded = xpo::io::load_prompt_dataset(args.dataset_name, data_options);
+  if (loaded.skipped_rows > 0) std::fprintf(stderr, "xpo-train: skipped %zu malformed rows\n", loaded.skipped_rows);
+  xpo::PromptDataset train = std::move(loaded.rows), eval;
+  if (!args.eval_dataset.empty()) eval = xpo::io::load_prompt_dataset(args.eval_dataset, data_options).rows;
+  else if (args.eval_fraction > 0) std::tie(train, eval) = xpo::io::split_eval(train, args.eval_fraction, static_cast<std::uint64_t>(config.seed));
+  std::fprintf(stderr, "xpo-train: %zu training prompts, %zu held-out\n", train.size(), eval.size());
+
+  const fs::path model_path(args.model_name_or_path);
+  auto policy = xpo::models::load_causal_lm(model_path, config.torch_device(), config.torch_dtype());
+  auto tokenizer = xpo::text::Tokenizer::from_pretrained(model_path);
+  if (args.use_peft) {
+    policy->enable_lora({.r = args.lora_r, .alpha = args.lora_alpha, .dropout = args.lora_dropout, .target_modules = args.lora_target_modules});
+  }
+  const auto load_rm = [&](const fs::path& p) { return xpo::models::load_reward_model(p, config.torch_device(), config.torch_dtype()); };
+  if (!args.reward_model_path.empty()) {
+    xpo::scoring::RewardModelScorer scorer(load_rm(args.reward_model_path), own_tokenizer(args.reward_model_path, model_path));
+    return dispatch_loss(std::move(policy), std::move(scorer), std::move(tokenizer), config, std::move(train), std::move(eval), args);
+  }
+  if (!args.judge.empty() && fs::is_directory(args.judge)) {
+    auto judge_tokenizer = own_tokenizer(args.judge, model_path);
+    xpo::scoring::RewardModelJudge judge(load_rm(args.judge), judge_tokenizer ? *judge_tokenizer : tokenizer);
+    return dispatch_loss(std::move(policy), std::move(judge), std::move(tokenizer), config, std::move(train), std::move(eval), args);
+  }
+  if (!args.judge.empty()) {
+    return dispatch_loss(std::move(policy), xpo::scoring::rules::rule_judge(args.judge), std::move(tokenizer), config,
+                         std::move(train), std::move(eval), args);
+  }
+  return dispatch_loss(std::move(policy), xpo::scoring::rules::rule_scorer(args.reward_rule), std::move(tokenizer), config,
+                       std::move(train), std::move(eval), args);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return main_impl(argc, argv);
+  } catch (const xpo::ConfigError& e) {
+    std::fprintf(stderr, "xpo-train: %s\n", e.what());
+  } catch (const xpo::Error& e) {
+    std::fprintf(stderr, "xpo-train: %s\n", e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "xpo-train: error: %s\n", e.what());
+  }
+  return 1;
+}
