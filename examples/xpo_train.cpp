@@ -51,6 +51,7 @@ void apply_embedded_defaults(ScriptArgs& args, xpo::XPOConfig& c) {
   args.reward_rule = "positivity";
   c.output_dir = "xpo-quickstart-output";
   c.per_device_train_batch_size = 16;
+  c.per_device_eval_batch_size = 64;
   c.max_steps = 120;
   c.learning_rate = 2e-4;
   c.warmup_ratio = 0.05;
@@ -107,7 +108,7 @@ struct Reporters {
   }
 };
 
-// Saves under the final save_model too: on_save is the trainer telling us a checkpoint was written.
+// Remembers the last checkpoint written, for the message after an interrupt.
 struct SaveNotes {
   template <class T>
   void on_save(T&, const fs::path& folder) {
@@ -178,7 +179,7 @@ std::vector<xpo::CompletionSample> sample_eval(Trainer& trainer, const xpo::Prom
   xpo::PromptDataset rows;
   for (std::int64_t r = 0; r < repeats; ++r) rows.insert(rows.end(), eval.begin(), eval.end());
   std::vector<xpo::CompletionSample> all;
-  const auto batch = static_cast<std::size_t>(std::max<std::int64_t>(trainer.config().per_device_eval_batch_size, 1)) * 8;
+  const auto batch = static_cast<std::size_t>(trainer.config().per_device_eval_batch_size);
   for (std::size_t i = 0; i < rows.size(); i += batch) {
     const xpo::PromptDataset part(rows.begin() + static_cast<std::ptrdiff_t>(i),
                                   rows.begin() + static_cast<std::ptrdiff_t>(std::min(rows.size(), i + batch)));
@@ -249,8 +250,9 @@ int run(Trainer& trainer, const ScriptArgs& args, bool judge) {
                           {"after", after}, {"global_step", trainer.state().global_step}};
   if (before) results["before"] = *before;
   std::printf("\n%-28s %10s %10s\n", score_name, "before", "after");
-  std::printf("%-28s %10s %10.3f\n", ("held-out prompts (" + std::to_string(eval.size()) + ")").c_str(),
-              before ? std::to_string(*before).substr(0, 6).c_str() : "-", after);
+  char before_text[32] = "-";
+  if (before) std::snprintf(before_text, sizeof before_text, "%.3f", *before);
+  std::printf("%-28s %10s %10.3f\n", ("held-out prompts (" + std::to_string(eval.size()) + ")").c_str(), before_text, after);
   std::printf("\nsample completions after training:\n");
   ordered_json samples = ordered_json::array();
   for (std::size_t i = 0; i < eval.size() && i < 4; ++i) {  // four different prompts, spread over the set

@@ -89,6 +89,28 @@ TEST_F(FlagsFile, ConfigFileThenFlagsOverride) {
   EXPECT_THROW((void)bad.parse({"--config", file.c_str()}), xpo::ConfigError);
 }
 
+// A TRL-style file holds script arguments too: they set the program's flags, and the command line still wins.
+TEST_F(FlagsFile, ConfigFileMaySetProgramFlags) {
+  const auto file = dir_ / "run.json";
+  std::ofstream(file) << R"({"model_name_or_path": "/models/a", "use_peft": true, "lora_target_modules": ["q_proj", "o_proj"],
+                            "nproc": 2, "beta": 0.3})";
+  Cli cli;
+  ASSERT_TRUE(cli.parse({"--config", file.c_str(), "--nproc", "4"}));
+  EXPECT_EQ(cli.model, "/models/a");
+  EXPECT_TRUE(cli.use_peft);
+  EXPECT_EQ(cli.targets, (std::vector<std::string>{"q_proj", "o_proj"}));
+  EXPECT_EQ(cli.nproc, 4);
+  EXPECT_EQ(cli.config.beta, std::vector<double>{0.3});
+  std::ofstream(file) << R"({"use_peft": "maybe"})";
+  Cli bad;
+  try {
+    (void)bad.parse({"--config", file.c_str()});
+    ADD_FAILURE();
+  } catch (const xpo::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--use_peft"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Flags, HelpListsEveryFlagWithItsDefault) {
   Cli cli;
   std::ostringstream out;

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "support/fixtures.hpp"
+#include "support/tfevents.hpp"
 
 namespace {
 
@@ -394,55 +395,10 @@ TEST_F(TrainerTest, BadInputsAreClearErrors) {
   EXPECT_THROW(make(config, prompts(2)), xpo::ConfigError);
 }
 
-// ---- TensorBoard: an independent reader (bitwise CRC-32C, a minimal protobuf walker) ---------------------------
-
-std::uint32_t crc32c_bitwise(const std::string& data) {
-  std::uint32_t crc = ~0U;
-  for (const unsigned char byte : data) {
-    crc ^= byte;
-    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0x82F63B78U & (0U - (crc & 1U)));
-  }
-  return ~crc;
-}
-std::uint32_t unmask(std::uint32_t masked) {
-  const std::uint32_t rot = masked - 0xA282EAD8U;
-  return (rot >> 17) | (rot << 15);
-}
-template <class T>
-T read_le(const std::string& s, std::size_t at) {
-  T v = 0;
-  for (std::size_t i = 0; i < sizeof(T); ++i) v |= static_cast<T>(static_cast<unsigned char>(s[at + i])) << (8 * i);
-  return v;
-}
-struct Field {
-  int number;
-  int wire;
-  std::uint64_t integer;
-  std::string bytes;
-};
-std::vector<Field> parse_message(const std::string& m) {
-  std::vector<Field> out;
-  std::size_t i = 0;
-  const auto varint = [&] {
-    std::uint64_t v = 0;
-    for (int shift = 0;; shift += 7) {
-      const auto b = static_cast<unsigned char>(m.at(i++));
-      v |= static_cast<std::uint64_t>(b & 0x7F) << shift;
-      if (!(b & 0x80)) return v;
-    }
-  };
-  while (i < m.size()) {
-    const auto key = varint();
-    Field f{static_cast<int>(key >> 3), static_cast<int>(key & 7), 0, {}};
-    if (f.wire == 0) f.integer = varint();
-    else if (f.wire == 1) { f.integer = read_le<std::uint64_t>(m, i); i += 8; }
-    else if (f.wire == 5) { f.integer = read_le<std::uint32_t>(m, i); i += 4; }
-    else if (f.wire == 2) { const auto n = varint(); f.bytes = m.substr(i, n); i += n; }
-    else throw std::runtime_error("bad wire type");
-    out.push_back(f);
-  }
-  return out;
-}
+using xpo::test::tfevents::crc32c_bitwise;
+using xpo::test::tfevents::parse_message;
+using xpo::test::tfevents::read_le;
+using xpo::test::tfevents::unmask;
 
 TEST_F(TrainerTest, TensorBoardEventsDecode) {
   {

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <set>
 #include <optional>
 #include <ostream>
 #include <sstream>
@@ -135,7 +136,10 @@ class FlagParser {
   // Every XPOConfig field as a flag, and --config FILE (loaded before the other flags are applied).
   void add_config(XPOConfig& config) {
     config_ = &config;
-    visit_fields(config, [&](const char* name, auto& member, const char* help) { add(name, member, help); });
+    visit_fields(config, [&](const char* name, auto& member, const char* help) {
+      add(name, member, help);
+      config_fields_.insert(name);
+    });
     config_flag_.name = "config";
     config_flag_.help = "a JSON config file (TRL field names); flags given with it override its values";
     config_flag_.default_text = "none";
@@ -203,7 +207,27 @@ class FlagParser {
     }
     if (config_file && config_ != nullptr) {
       try {
-        config_->update_from_json(read_json_file(*config_file, std::uintmax_t{1} << 24), *config_file);
+        auto j = read_json_file(*config_file, std::uintmax_t{1} << 24);
+        // The program's own flags may be in the file too (TRL's config files hold script arguments as well);
+        // they are applied first, so the command line still overrides them.
+        std::vector<std::pair<std::string, std::vector<std::string>>> from_file;
+        if (j.is_object()) {
+          for (auto it = j.begin(); it != j.end();) {
+            if (flags_.contains(it.key()) && !config_fields_.contains(it.key())) {
+              std::vector<std::string> values;
+              const auto text = [](const nlohmann::json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); };
+              if (it->is_array())
+                for (const auto& v : *it) values.push_back(text(v));
+              else values.push_back(text(*it));
+              from_file.emplace_back(it.key(), std::move(values));
+              it = j.erase(it);
+            } else {
+              ++it;
+            }
+          }
+        }
+        given.insert(given.begin(), from_file.begin(), from_file.end());
+        config_->update_from_json(j, *config_file);
       } catch (const ConfigError& e) {
         problems.insert(problems.end(), e.problems().begin(), e.problems().end());
       } catch (const Error& e) {
@@ -263,6 +287,7 @@ class FlagParser {
   std::vector<std::string> order_;
   std::map<std::string, Flag> flags_;
   XPOConfig* config_ = nullptr;
+  std::set<std::string> config_fields_;
   Flag config_flag_;
 };
 
