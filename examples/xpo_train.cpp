@@ -128,11 +128,11 @@ std::vector<std::string> check(const ScriptArgs& a, const xpo::XPOConfig& c, boo
   if (!embedded) {
     need_dir("model_name_or_path", a.model_name_or_path, true);
     if (a.dataset_name.empty()) p.push_back("--dataset_name: required (a JSONL file or a folder of them)");
-    else if (!fs::exists(a.dataset_name)) p.push_back("--dataset_name " + a.dataset_name + ": no such file or folder");
     const int scorers = !a.reward_model_path.empty() + !a.judge.empty() + !a.reward_rule.empty();
     if (scorers == 0) p.push_back("give one of --reward_model_path, --judge or --reward_rule");
     if (scorers > 1) p.push_back("give only one of --reward_model_path, --judge and --reward_rule");
   }
+  if (!a.dataset_name.empty() && !fs::exists(a.dataset_name)) p.push_back("--dataset_name " + a.dataset_name + ": no such file or folder");
   need_dir("reward_model_path", a.reward_model_path, true);
   if (!a.judge.empty() && !fs::is_directory(a.judge)) {
     try {
@@ -346,17 +346,11 @@ int main_impl(int argc, char** argv) {
 
   // Data first: a malformed line stops the run before a model is loaded or anything is written.
   const fs::path out(config.output_dir);
-  if (embedded) {
-    const auto base = out / "base-model";
-    if (!fs::exists(base / "model.safetensors")) xpo_examples::embedded::build(base);
-    else std::fprintf(stderr, "embedded default: reusing %s\n", base.string().c_str());
-    args.model_name_or_path = base.string();
-    if (args.dataset_name.empty()) {
-      xpo_examples::embedded::write_jsonl(out / "prompts" / "train.jsonl", xpo_examples::embedded::prompt_rows(xpo_examples::embedded::kTrainTopics));
-      xpo_examples::embedded::write_jsonl(out / "prompts" / "eval.jsonl", xpo_examples::embedded::prompt_rows(xpo_examples::embedded::kEvalTopics));
-      args.dataset_name = (out / "prompts" / "train.jsonl").string();
-      if (args.eval_fraction == 0 && args.eval_dataset.empty()) args.eval_dataset = (out / "prompts" / "eval.jsonl").string();
-    }
+  if (embedded && args.dataset_name.empty()) {  // the shipped prompt set
+    xpo_examples::embedded::write_jsonl(out / "prompts" / "train.jsonl", xpo_examples::embedded::prompt_rows(xpo_examples::embedded::kTrainTopics));
+    xpo_examples::embedded::write_jsonl(out / "prompts" / "eval.jsonl", xpo_examples::embedded::prompt_rows(xpo_examples::embedded::kEvalTopics));
+    args.dataset_name = (out / "prompts" / "train.jsonl").string();
+    if (args.eval_fraction == 0 && args.eval_dataset.empty()) args.eval_dataset = (out / "prompts" / "eval.jsonl").string();
   }
   xpo::io::PromptDatasetOptions data_options;
   data_options.skip_bad_rows = args.skip_bad_rows;
@@ -366,6 +360,12 @@ int main_impl(int argc, char** argv) {
   if (!args.eval_dataset.empty()) eval = xpo::io::load_prompt_dataset(args.eval_dataset, data_options).rows;
   else if (args.eval_fraction > 0) std::tie(train, eval) = xpo::io::split_eval(train, args.eval_fraction, static_cast<std::uint64_t>(config.seed));
   std::fprintf(stderr, "xpo-train: %zu training prompts, %zu held-out\n", train.size(), eval.size());
+  if (embedded) {  // the embedded default policy, built once per output_dir
+    const auto base = out / "base-model";
+    if (!fs::exists(base / "model.safetensors")) xpo_examples::embedded::build(base);
+    else std::fprintf(stderr, "embedded default: reusing %s\n", base.string().c_str());
+    args.model_name_or_path = base.string();
+  }
 
   const fs::path model_path(args.model_name_or_path);
   auto policy = xpo::models::load_causal_lm(model_path, config.torch_device(), config.torch_dtype());

@@ -202,6 +202,12 @@ TEST_F(CliTest, BadInputIsOneClearMessageAndWritesNothing) {
   fs::create_directories(dir_ / "not-a-model");
   expect_refused({"--model_name_or_path", (dir_ / "not-a-model").string()}, "no config.json", prompts);
   expect_refused({"--judge", "nonsense"}, "built-in rules: positivity, concise", prompts);
+  {  // the embedded default checks a given dataset before it builds anything
+    const auto r = train({"--output_dir", out.string(), "--dataset_name", (dir_ / "missing.jsonl").string()});
+    EXPECT_EQ(r.status, 2);
+    EXPECT_CONTAINS(r.err, "no such file or folder");
+    EXPECT_FALSE(fs::exists(out));
+  }
   // Several problems: all of them in one report.
   {
     auto args = tiny_run(prompts, out);
