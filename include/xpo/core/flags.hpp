@@ -14,9 +14,9 @@
 #include <cstdlib>
 #include <functional>
 #include <map>
-#include <set>
 #include <optional>
 #include <ostream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -214,6 +214,10 @@ class FlagParser {
         if (j.is_object()) {
           for (auto it = j.begin(); it != j.end();) {
             if (flags_.contains(it.key()) && !config_fields_.contains(it.key())) {
+              if (it->is_null()) {  // null keeps the flag's default
+                it = j.erase(it);
+                continue;
+              }
               std::vector<std::string> values;
               const auto text = [](const nlohmann::json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); };
               if (it->is_array())

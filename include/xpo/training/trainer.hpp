@@ -134,7 +134,6 @@ class Trainer {
     std::filesystem::create_directories(config_.output_dir);
     stop_requested_ = stopped_early_ = false;
     (call_train_begin(callbacks), ...);
-    std::int64_t saved_at = state_.global_step;  // nothing new to save before a step has run
     while (state_.global_step < state_.max_steps && !stop_requested_) {
       optimizer_step();
       (call_step_end(callbacks), ...);
@@ -146,19 +145,12 @@ class Trainer {
       }
       if (state_.global_step % config_.save_steps == 0 || (stop_requested_ && !last)) {
         const auto folder = save_checkpoint();
-        saved_at = state_.global_step;
         (call_save(callbacks, folder), ...);
       }
     }
-    if (stop_requested_ && state_.global_step < state_.max_steps) {
-      if (saved_at != state_.global_step) {
-        const auto folder = save_checkpoint();
-        (call_save(callbacks, folder), ...);
-      }
-      stopped_early_ = true;
-    } else {
-      save_model(config_.output_dir);
-    }
+    // A stop asked before the first step (in on_train_begin) has nothing new to save.
+    stopped_early_ = stop_requested_ && state_.global_step < state_.max_steps;
+    if (!stopped_early_) save_model(config_.output_dir);
     (call_train_end(callbacks), ...);
   }
 
