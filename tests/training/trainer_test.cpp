@@ -6,6 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <limits>
+#include <map>
+#include <memory>
 #include <set>
 
 #include "support/fixtures.hpp"
@@ -256,6 +259,76 @@ TEST_F(TrainerTest, RequestStopSavesACheckpointAndResumes) {
   auto a = straight->policy()->named_parameters();
   auto b = resumed->policy()->named_parameters();
   for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << p.key();
+}
+
+// The NaN guard: a loss that turns NaN on chosen calls (otherwise XPO over sigmoid).
+struct NanOnCalls {
+  std::shared_ptr<int> calls = std::make_shared<int>(0);
+  std::set<int> bad;
+  xpo::LossOutput compute(const xpo::PreferenceLogps& logps, xpo::LossWeights w) const {
+    auto out = xpo::losses::XPO<xpo::losses::Sigmoid>{}.compute(logps, w);
+    if (bad.contains((*calls)++)) out.loss = out.loss * std::numeric_limits<double>::quiet_NaN();
+    return out;
+  }
+};
+
+std::map<std::string, torch::Tensor> snapshot(xpo::models::CausalLM& m) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& p : m->named_parameters()) out[p.key()] = p.value().detach().clone();
+  return out;
+}
+
+TEST_F(TrainerTest, NonFiniteStepsAreSkippedCountedAndBounded) {
+  using NanTrainer = xpo::Trainer<xpo::models::CausalLM, xpo::scoring::RewardModelScorer, NanOnCalls>;
+  const auto make = [&](std::int64_t max_skipped) {
+    auto config = small_config(dir_ / ("max" + std::to_string(max_skipped)));
+    config.gradient_accumulation_steps = 1;
+    config.max_steps = 3;
+    config.max_skipped_steps = max_skipped;
+    return std::make_unique<NanTrainer>(xpo::models::load_causal_lm(tiny_policy()), std::nullopt,
+                                        xpo::scoring::RewardModelScorer(xpo::models::load_reward_model(tiny_reward_model())),
+                                        xpo::text::Tokenizer::from_pretrained(tiny_policy()), config, prompts(6),
+                                        xpo::PromptDataset{}, NanOnCalls{.bad = {1}});
+  };
+  auto t = make(1);
+  t->optimizer_step();
+  const auto after_first = snapshot(t->policy());
+  t->optimizer_step();  // NaN loss: skipped
+  EXPECT_EQ(t->state().skipped_steps, 1);
+  EXPECT_EQ(t->state().global_step, 2);
+  for (const auto& [name, value] : after_first) EXPECT_TRUE(torch::equal(value, t->policy()->named_parameters()[name])) << name;
+  t->optimizer_step();  // finite again: applied
+  bool moved = false;
+  for (const auto& [name, value] : after_first) moved = moved || !torch::equal(value, t->policy()->named_parameters()[name]);
+  EXPECT_TRUE(moved);
+  t->save_checkpoint();
+  const auto state = xpo::read_json_file(dir_ / "max1" / "checkpoint-3" / "trainer_state.json", 1 << 20);
+  EXPECT_EQ(state["skipped_steps"], 1);
+
+  // Through train(): every logged value stays finite and skipped_steps is logged.
+  auto logged = make(1);
+  xpo::training::MetricsLogger metrics;
+  logged->train(metrics);
+  const auto lines = read_lines(dir_ / "max1" / "metrics.jsonl");
+  ASSERT_EQ(lines.size(), 3u);
+  for (const auto& line : lines)
+    for (const auto& [key, value] : line.items()) EXPECT_TRUE(std::isfinite(value.get<double>())) << key;
+  EXPECT_EQ(lines[0]["skipped_steps"], 0.0);
+  EXPECT_EQ(lines[2]["skipped_steps"], 1.0);
+  EXPECT_FALSE(lines[1].contains("loss")) << "the skipped step's metrics are not logged";
+
+  // Past the bound: a clear error, and the weights still hold only finite, applied updates.
+  auto strict = make(0);
+  strict->optimizer_step();
+  const auto kept = snapshot(strict->policy());
+  try {
+    strict->optimizer_step();
+    ADD_FAILURE() << "no error past max_skipped_steps";
+  } catch (const xpo::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("max_skipped_steps = 0"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("non-finite loss"), std::string::npos) << e.what();
+  }
+  for (const auto& [name, value] : kept) EXPECT_TRUE(torch::equal(value, strict->policy()->named_parameters()[name])) << name;
 }
 
 // The four learning-rate schedules of transformers' get_scheduler, at hand-computed points (total 10 steps,

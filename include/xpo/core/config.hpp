@@ -62,6 +62,8 @@ struct XPOConfig {
   std::vector<double> alpha{1e-5};            // one value, or one per epoch
   std::vector<double> beta{0.1};              // one value, or one per epoch
   bool disable_dropout = true;
+  // ---- safety
+  std::int64_t max_skipped_steps = 10;  // optimizer steps with a non-finite loss or gradient tolerated (not applied)
 
   // One message per invalid field ("beta[1] = 0: must be finite and > 0"); empty when valid.
   [[nodiscard]] std::vector<std::string> problems() const;
@@ -119,6 +121,8 @@ void visit_fields(Config& c, F&& f) {
   f("alpha", c.alpha, "weight of the exploration term; one value or one per epoch");
   f("beta", c.beta, "KL strength; one value or one per epoch");
   f("disable_dropout", c.disable_dropout, "turn dropout off in the policy and reference");
+  f("max_skipped_steps", c.max_skipped_steps,
+    "optimizer steps with a non-finite loss or gradient that are skipped (never applied) before the run stops");
 }
 
 namespace detail {
@@ -236,6 +240,7 @@ inline std::vector<std::string> XPOConfig::problems() const {
     bad("dtype", "\"" + dtype + "\"", "one of float32, bfloat16, float16, float64");
   if (per_device_train_batch_size < 1)
     bad("per_device_train_batch_size", integer(per_device_train_batch_size), ">= 1");
+  if (max_skipped_steps < 0) bad("max_skipped_steps", integer(max_skipped_steps), ">= 0");
   if (per_device_eval_batch_size < 1)
     bad("per_device_eval_batch_size", integer(per_device_eval_batch_size), ">= 1");
   if (gradient_accumulation_steps < 1)

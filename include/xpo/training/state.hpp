@@ -33,12 +33,13 @@ struct TrainerState {
   std::int64_t max_steps = 0;    // optimizer steps of the whole run
   std::int64_t micro_batches_per_epoch = 1;
   double epoch = 0.0;            // fractional: micro_step / micro_batches_per_epoch
+  std::int64_t skipped_steps = 0;  // optimizer steps not applied: non-finite loss or gradient
   std::vector<nlohmann::json> log_history;
 
   [[nodiscard]] nlohmann::json to_json() const {
     return {{"global_step", global_step}, {"micro_step", micro_step}, {"max_steps", max_steps},
             {"micro_batches_per_epoch", micro_batches_per_epoch}, {"epoch", epoch},
-            {"log_history", log_history}};
+            {"skipped_steps", skipped_steps}, {"log_history", log_history}};
   }
   static TrainerState from_json(const nlohmann::json& j, const std::string& source) {
     TrainerState s;
@@ -48,6 +49,7 @@ struct TrainerState {
       s.max_steps = j.at("max_steps").get<std::int64_t>();
       s.micro_batches_per_epoch = j.at("micro_batches_per_epoch").get<std::int64_t>();
       s.epoch = j.at("epoch").get<double>();
+      s.skipped_steps = j.value("skipped_steps", std::int64_t{0});
       s.log_history = j.at("log_history").get<std::vector<nlohmann::json>>();
     } catch (const nlohmann::json::exception& e) {
       throw FileError(source, std::string("not a trainer state: ") + e.what());

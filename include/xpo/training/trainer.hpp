@@ -161,14 +161,20 @@ class Trainer {
   [[nodiscard]] bool stopped_early() const noexcept { return stopped_early_; }
 
   // One optimizer step: gradient_accumulation_steps micro-batches, clipping, AdamW, the LR schedule.
+  // A non-finite loss or gradient norm skips the update: the weights and AdamW's moments are left as they were,
+  // the step is counted in state().skipped_steps (logged as `skipped_steps`) and its metrics stay out of the
+  // logs; more than config.max_skipped_steps such steps end the run with xpo::Error.
   void optimizer_step() {
     const auto t0 = Clock::now();
     last_timing_ = {};
     const auto ga = config_.gradient_accumulation_steps;
     const LossWeights weights = current_weights();
+    const Window window_before = window_;
+    bool finite_loss = true;
     for (std::int64_t k = 0; k < ga; ++k) {
       const auto rows = micro_batch_rows(state_.micro_step);
-      step(rows, weights);
+      const auto metrics = step(rows, weights);
+      finite_loss = finite_loss && std::isfinite(metrics.at("loss"));
       ++state_.micro_step;
     }
     const auto t1 = Clock::now();
@@ -177,11 +183,24 @@ class Trainer {
     // LibTorch's clip_grad_norm_ (PyTorch's formula); max_grad_norm 0 = no clipping, the norm is still logged.
     const double grad_norm = torch::nn::utils::clip_grad_norm_(
         params_, config_.max_grad_norm > 0 ? config_.max_grad_norm : std::numeric_limits<double>::infinity());
-    optimizer_->step();
+    const bool skip = !finite_loss || !std::isfinite(grad_norm);
+    if (!skip) optimizer_->step();
     optimizer_->zero_grad();
     ++state_.global_step;
     state_.epoch = static_cast<double>(state_.micro_step) / static_cast<double>(state_.micro_batches_per_epoch);
-    window_.grad_norm = grad_norm;
+    if (skip) {
+      window_ = window_before;  // the skipped step's (non-finite) metrics stay out of the logs
+      ++state_.skipped_steps;
+      if (state_.skipped_steps > config_.max_skipped_steps) {
+        throw Error("step " + std::to_string(state_.global_step) + ": non-finite " + (finite_loss ? "gradient" : "loss") +
+                    "; " + std::to_string(state_.skipped_steps) + " optimizer steps skipped, more than max_skipped_steps = " +
+                    std::to_string(config_.max_skipped_steps) +
+                    ". No weight was updated with non-finite values; the last checkpoint in " + config_.output_dir +
+                    " is intact (lower learning_rate, check the reward/judge and the data)");
+      }
+    } else {
+      window_.grad_norm = grad_norm;
+    }
     window_.learning_rate = lr;
     last_timing_.optimizer = seconds(t1, Clock::now());
     last_timing_.total = seconds(t0, Clock::now());
@@ -424,6 +443,7 @@ class Trainer {
     m["grad_norm"] = window_.grad_norm;
     m["learning_rate"] = window_.learning_rate;
     m["epoch"] = state_.epoch;
+    m["skipped_steps"] = static_cast<double>(state_.skipped_steps);
     m["tokens_per_second"] = window_.step_seconds > 0 ? window_.tokens / window_.step_seconds : 0.0;
     m["time/step"] = window_.step_seconds / steps;
     m["time/generation"] = window_.generation_seconds / steps;
