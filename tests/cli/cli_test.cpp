@@ -8,6 +8,7 @@
 #include <csignal>
 #include <fstream>
 #include <set>
+#include <thread>
 
 #include "support/fixtures.hpp"
 #include "support/process.hpp"
@@ -176,6 +177,46 @@ TEST_F(CliTest, InterruptSavesACheckpointThatResumes) {
   ASSERT_EQ(again.status, 0) << again.err;
   EXPECT_CONTAINS(again.err, "resumed at step " + std::to_string(step));
   EXPECT_TRUE(fs::exists(out / "config.json"));
+}
+
+// kill -9 at arbitrary moments while checkpoints are being written and rotated (one per step): what is left
+// always has a complete latest checkpoint, and the run resumes from it.
+TEST_F(CliTest, KilledWhileSavingLeavesALoadableLatestCheckpoint) {
+  const auto out = dir_ / "killed";
+  auto args = tiny_run(write_prompts("p.jsonl", 6, false), out);
+  args[std::find(args.begin(), args.end(), "--max_steps") - args.begin() + 1] = "100000";
+  args[std::find(args.begin(), args.end(), "--save_steps") - args.begin() + 1] = "1";
+  args.insert(args.end(), {"--reward_rule", "positivity", "--save_total_limit", "2", "--logging_steps", "1000"});
+  std::int64_t reached = 0;
+  for (const int delay_ms : {0, 3, 11, 29}) {  // different points of the save/rotate sequence
+    auto run = args;
+    if (reached > 0) run.insert(run.end(), {"--resume_from_checkpoint", "latest"});
+    const auto r = train(run, [&](pid_t pid) {
+      const auto first = reached;
+      EXPECT_TRUE(xpo::test::wait_until(
+          [&] {
+            const auto all = xpo::training::list_checkpoints(out);
+            return !all.empty() && all.back().first >= first + 2;
+          },
+          std::chrono::seconds(120)));
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+      ::kill(pid, SIGKILL);
+    });
+    EXPECT_EQ(r.status, 128 + SIGKILL);
+    const auto latest = xpo::training::resolve_checkpoint("latest", out);
+    for (const char* file : {"model.safetensors", "config.json", "optimizer.pt", "rng_state.pt", "tokenizer.json"})
+      EXPECT_TRUE(fs::exists(latest / file)) << latest / file;
+    EXPECT_NO_THROW((void)xpo::models::load_causal_lm(latest)) << latest;
+    const auto step = xpo::training::list_checkpoints(out).back().first;
+    EXPECT_GE(step, reached + 2);
+    reached = step;
+  }
+  auto finish = args;
+  finish[std::find(finish.begin(), finish.end(), "--max_steps") - finish.begin() + 1] = std::to_string(reached + 1);
+  finish.insert(finish.end(), {"--resume_from_checkpoint", "latest"});
+  const auto r = train(finish);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "resumed at step " + std::to_string(reached));
 }
 
 TEST_F(CliTest, BadInputIsOneClearMessageAndWritesNothing) {

@@ -117,8 +117,14 @@ inline void rotate_checkpoints(const std::filesystem::path& output_dir, std::opt
   if (!limit) return;
   auto all = list_checkpoints(output_dir);
   while (static_cast<std::int64_t>(all.size()) > *limit) {
+    // Renamed first, so a process killed while deleting never leaves a half-deleted folder that still looks
+    // like a complete checkpoint.
     std::error_code ec;
-    std::filesystem::remove_all(all.front().second, ec);
+    const auto& folder = all.front().second;
+    const auto doomed = folder.parent_path() / (".old-" + folder.filename().string());
+    std::filesystem::remove_all(doomed, ec);
+    std::filesystem::rename(folder, doomed, ec);
+    std::filesystem::remove_all(ec ? folder : doomed, ec);
     all.erase(all.begin());
   }
 }
