@@ -8,6 +8,7 @@ packages=(
   libeigen3-dev nlohmann-json3-dev               # small dense math, JSON
   pkg-config libpcre2-dev libutf8proc-dev        # tokenizer: Unicode regexes (PCRE2 JIT), normalization
   libgtest-dev libgmock-dev libbenchmark-dev     # tests and benchmarks
+  clang libclang-rt-14-dev python3               # fuzz targets (libFuzzer, sanitizers); seeding their corpora
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (fuzz/, clang + ASan + UBSan) and runs each for SECONDS (default 30), seeded from
+# the fixtures ($XPO_FIXTURES_DIR, default ../shared/fixtures). Corpora grow in build-fuzz/corpus/<target>;
+# findings are written to build-fuzz/findings/ and make the script fail.
+#   bash scripts/fuzz.sh [SECONDS]          e.g. bash scripts/fuzz.sh 600 for the 10-minute runs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-30}
+fixtures=${XPO_FIXTURES_DIR:-$(pwd)/../shared/fixtures}
+command -v clang++ >/dev/null || { echo "fuzz: needs clang (apt-get install clang)" >&2; exit 1; }
+CXX=clang++ cmake -S fuzz -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build-fuzz
+mkdir -p build-fuzz/findings
+seed() {  # seed TARGET FILE... : copy fixture files into the target's corpus (prefixing a mode byte if given)
+  local target=$1 prefix=$2; shift 2
+  mkdir -p "build-fuzz/corpus/$target"
+  for f in "$@"; do
+    [ -f "$f" ] || { echo "fuzz: fixture missing: $f" >&2; exit 1; }
+    { printf "%s" "$prefix"; cat "$f"; } > "build-fuzz/corpus/$target/seed-$(basename "$(dirname "$f")")-$(basename "$f")"
+  done
+}
+# chat templates: the fixtures' templates and xpo's simple one, one file each
+mkdir -p build-fuzz/corpus/chat_template
+python3 - "$fixtures" build-fuzz/corpus/chat_template <<'PY'
+import json, sys, pathlib
+root, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for i, p in enumerate(sorted(root.glob("**/tokenizer_config.json"))):
+    t = json.loads(p.read_text()).get("chat_template")
+    if isinstance(t, str): (out / f"seed-{i}.jinja").write_text(t)
+PY
+seed tokenizer "0" "$fixtures/tokenizers/gpt2/tokenizer.json" "$fixtures/models/tiny-qwen2/tokenizer.json"
+python3 - "$fixtures/tokenizers/qwen/cases.jsonl" build-fuzz/corpus/tokenizer <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[2])
+for i, line in enumerate(open(sys.argv[1], encoding="utf-8")):
+    if line.strip(): (out / f"seed-text-{i}").write_bytes(b"1" + json.loads(line)["text"].encode("utf-8", "surrogatepass"))
+PY
+mkdir -p build-fuzz/corpus/jsonl
+printf '{"prompt": "The sky is"}\n{"prompt": "x", "id": 3}\n' > build-fuzz/corpus/jsonl/seed-standard.jsonl
+printf '{"prompt": [{"role": "user", "content": "Hi"}], "chat_template_kwargs": {"a": 1}}\n\n' > build-fuzz/corpus/jsonl/seed-chat.jsonl
+export XPO_FUZZ_TOKENIZER="$fixtures/tokenizers/qwen/tokenizer.json"
+status=0
+for target in chat_template tokenizer jsonl; do
+  echo "fuzz: $target for ${seconds}s"
+  if ! ./build-fuzz/fuzz_$target "build-fuzz/corpus/$target" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 \
+       -artifact_prefix="build-fuzz/findings/$target-" -print_final_stats=1 2> "build-fuzz/$target.log"; then
+    echo "fuzz: $target FOUND something: see build-fuzz/$target.log and build-fuzz/findings/" >&2
+    status=1
+  fi
+  grep -E "stat::number_of_executed_units|Done [0-9]+ runs" "build-fuzz/$target.log" | tail -2
+done
+exit $status
