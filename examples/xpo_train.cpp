@@ -134,14 +134,15 @@ std::vector<std::string> check(const ScriptArgs& a, const xpo::XPOConfig& c, boo
   }
   if (!a.dataset_name.empty() && !fs::exists(a.dataset_name)) p.push_back("--dataset_name " + a.dataset_name + ": no such file or folder");
   need_dir("reward_model_path", a.reward_model_path, true);
-  if (!a.judge.empty() && !fs::is_directory(a.judge)) {
+  if (!a.judge.empty() && fs::is_directory(a.judge)) {
+    need_dir("judge", a.judge, true);
+  } else if (!a.judge.empty()) {
     try {
       (void)xpo::scoring::rules::rule(a.judge);
     } catch (const xpo::ConfigError& e) {
       p.push_back("--judge " + a.judge + ": not a reward-model folder, and " + e.what());
     }
   }
-  if (!a.judge.empty() && fs::is_directory(a.judge)) need_dir("judge", a.judge, true);
   if (!a.reward_rule.empty()) {
     try {
       (void)xpo::scoring::rules::rule(a.reward_rule);
@@ -173,7 +174,8 @@ bool wants(const ScriptArgs& a, const std::string& what) {
   return false;
 }
 
-// The eval prompts repeated num_eval_samples times (one batch), completed and scored by the trainer.
+// `repeats` independent samples of every eval prompt, in batches of per_device_eval_batch_size, each batch from
+// its own sampling stream (Trainer::complete's `draw`): repeated prompts must not get repeated samples.
 template <class Trainer>
 std::vector<xpo::CompletionSample> sample_eval(Trainer& trainer, const xpo::PromptDataset& eval, std::int64_t repeats) {
   xpo::PromptDataset rows;
@@ -183,7 +185,7 @@ std::vector<xpo::CompletionSample> sample_eval(Trainer& trainer, const xpo::Prom
   for (std::size_t i = 0; i < rows.size(); i += batch) {
     const xpo::PromptDataset part(rows.begin() + static_cast<std::ptrdiff_t>(i),
                                   rows.begin() + static_cast<std::ptrdiff_t>(std::min(rows.size(), i + batch)));
-    auto out = trainer.complete(part);
+    auto out = trainer.complete(part, /*draw=*/i / batch);
     all.insert(all.end(), out.begin(), out.end());
   }
   return all;

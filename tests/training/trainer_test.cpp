@@ -331,6 +331,25 @@ TEST_F(TrainerTest, NonFiniteStepsAreSkippedCountedAndBounded) {
   for (const auto& [name, value] : kept) EXPECT_TRUE(torch::equal(value, strict->policy()->named_parameters()[name])) << name;
 }
 
+// Trainer::complete: the same call at the same step repeats its samples; another `draw` samples afresh (what
+// xpo-train's repeated eval samples rely on).
+TEST_F(TrainerTest, CompleteDrawsAreReproducibleAndIndependent) {
+  auto config = small_config(dir_);
+  config.max_new_tokens = 12;
+  config.temperature = 1.0;
+  xpo::XPOTrainer t(xpo::models::load_causal_lm(tiny_policy()), std::nullopt,
+                    xpo::scoring::RewardModelScorer(xpo::models::load_reward_model(tiny_reward_model())),
+                    xpo::text::Tokenizer::from_pretrained(tiny_policy()), config, prompts(8));
+  const auto texts = [](const std::vector<xpo::CompletionSample>& samples) {
+    std::vector<std::string> out;
+    for (const auto& s : samples) out.push_back(s.completion);
+    return out;
+  };
+  const auto rows = prompts(8);
+  EXPECT_EQ(texts(t.complete(rows)), texts(t.complete(rows, 0)));
+  EXPECT_NE(texts(t.complete(rows, 0)), texts(t.complete(rows, 1)));
+}
+
 // The four learning-rate schedules of transformers' get_scheduler, at hand-computed points (total 10 steps,
 // warmup 2, peak 1.0).
 TEST(LearningRate, SchedulesMatchTransformers) {

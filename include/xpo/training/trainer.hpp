@@ -335,13 +335,15 @@ class Trainer {
 
   // ---- sampling for logs and evaluation ---------------------------------------------------------------------
   // Completes dataset rows with the policy (the run's sampling settings, its own RNG stream so training is not
-  // perturbed) and scores them.
-  std::vector<CompletionSample> complete(const PromptDataset& rows) {
+  // perturbed) and scores them. The stream is fixed by the seed, the global step and `draw`: the same call at the
+  // same step gives the same samples; pass a different `draw` for independent samples of the same prompts.
+  std::vector<CompletionSample> complete(const PromptDataset& rows, std::uint64_t draw = 0) {
     auto prepared = prepare(rows, "prompts");
     std::vector<std::size_t> all(prepared.size());
     std::iota(all.begin(), all.end(), std::size_t{0});
     const Batch batch = make_batch_from(prepared, all);
-    auto gen = compat::make_generator(device_, static_cast<std::uint64_t>(config_.seed) + 7919 + static_cast<std::uint64_t>(state_.global_step));
+    auto gen = compat::make_generator(device_, static_cast<std::uint64_t>(config_.seed) + 7919 +
+                                                   static_cast<std::uint64_t>(state_.global_step) + draw * 1000003);
     const auto g = generation::generate(policy_, batch.ids, batch.mask, sampling_options(), gen);
     const auto c = truncate_after_eos(g.completion_ids, eos_ids_, pad_id_);
     const CompletionBatch cb{batch.ids, batch.mask, c.ids, c.mask, batch.texts, decode_rows(c)};
