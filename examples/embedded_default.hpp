@@ -60,12 +60,10 @@ inline constexpr std::string_view kChatTemplate =
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
     "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
+// The question with its "{}" replaced by the topic.
 inline std::string fill(std::string_view pattern, std::string_view topic) {
-  std::string out(pattern), capital(topic);
-  capital[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(capital[0])));
-  for (const auto& [key, value] : {std::pair<std::string, std::string>{"{T}", capital}, {"{}", std::string(topic)}}) {
-    for (auto at = out.find(key); at != std::string::npos; at = out.find(key, at + value.size())) out.replace(at, key.size(), value);
-  }
+  std::string out(pattern);
+  out.replace(out.find("{}"), 2, topic);
   return out;
 }
 

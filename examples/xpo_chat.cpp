@@ -88,11 +88,9 @@ class Chat {
           shown = decoded.size();
         }
       });
-      text = std::string(xpo::text::strip_whitespace(tokenizer_.decode(answer_ids, true)));
-      if (shown < tokenizer_.decode(answer_ids, true).size()) {
-        const auto rest = tokenizer_.decode(answer_ids, true).substr(shown);
-        std::fwrite(rest.data(), 1, rest.size(), out);
-      }
+      const auto full = tokenizer_.decode(answer_ids, true);
+      if (full.size() > shown) std::fwrite(full.data() + shown, 1, full.size() - shown, out);  // a held-back tail
+      text = std::string(xpo::text::strip_whitespace(full));
       std::fputc('\n', out);
       std::fflush(out);
     } catch (...) {
