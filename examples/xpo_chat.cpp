@@ -109,7 +109,7 @@ class Chat {
   static torch::ScalarType dtype_of(const std::string& name) {
     xpo::XPOConfig c;
     c.dtype = name;
-    return c.torch_dtype();
+    return xpo::torch_dtype(c);
   }
 
   ChatArgs args_;

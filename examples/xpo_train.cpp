@@ -8,14 +8,18 @@
 // score on held-out prompts before and after training.
 #include <xpo/xpo.hpp>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "embedded_default.hpp"
 
@@ -44,6 +48,15 @@ struct ScriptArgs {
   std::vector<std::string> report_to{"jsonl", "tensorboard"};
   bool bf16 = false;
   std::int64_t log_completions_steps = 0;
+  // bounds on untrusted input (defaults: the library's)
+  std::int64_t max_dataset_line_bytes = static_cast<std::int64_t>(xpo::io::PromptDatasetOptions{}.max_line_bytes);
+  std::int64_t max_tokenizer_file_bytes = static_cast<std::int64_t>(xpo::text::TokenizerLimits{}.max_file_bytes);
+  std::int64_t max_chat_template_bytes = static_cast<std::int64_t>(xpo::text::TokenizerLimits{}.max_chat_template_bytes);
+
+  [[nodiscard]] xpo::text::TokenizerLimits tokenizer_limits() const {
+    return {.max_file_bytes = static_cast<std::uintmax_t>(max_tokenizer_file_bytes),
+            .max_chat_template_bytes = static_cast<std::size_t>(max_chat_template_bytes)};
+  }
 };
 
 // The embedded default's run: what the quick start trains with unless a flag says otherwise.
@@ -162,7 +175,19 @@ std::vector<std::string> check(const ScriptArgs& a, const xpo::XPOConfig& c, boo
   for (const auto& r : a.report_to)
     if (r != "jsonl" && r != "tensorboard" && r != "none" && r != "all") p.push_back("--report_to " + r + ": expected tensorboard, jsonl, all or none");
   if (a.log_completions_steps < 0) p.push_back("--log_completions_steps: must be >= 0");
-  if (fs::exists(c.output_dir) && !fs::is_directory(c.output_dir)) p.push_back("--output_dir " + c.output_dir + ": exists and is not a folder");
+  for (const auto& [flag, value] : {std::pair{"max_dataset_line_bytes", a.max_dataset_line_bytes},
+                                    {"max_tokenizer_file_bytes", a.max_tokenizer_file_bytes},
+                                    {"max_chat_template_bytes", a.max_chat_template_bytes}})
+    if (value < 1) p.push_back(std::string("--") + flag + ": must be >= 1");
+  if (fs::exists(c.output_dir) && !fs::is_directory(c.output_dir)) {
+    p.push_back("--output_dir " + c.output_dir + ": exists and is not a folder");
+  } else {  // the folder, or the nearest existing ancestor it will be created in, must be a writable folder
+    auto where = fs::absolute(c.output_dir);
+    while (!fs::exists(where) && where.has_relative_path()) where = where.parent_path();
+    if (!fs::is_directory(where)) p.push_back("--output_dir " + c.output_dir + ": " + where.string() + " is not a folder");
+    else if (::access(where.c_str(), W_OK | X_OK) != 0)
+      p.push_back("--output_dir " + c.output_dir + ": " + where.string() + " is not writable (" + std::strerror(errno) + ")");
+  }
   if (!a.resume_from_checkpoint.empty() && a.resume_from_checkpoint != "latest" && !fs::is_directory(a.resume_from_checkpoint))
     p.push_back("--resume_from_checkpoint " + a.resume_from_checkpoint + ": not \"latest\" and no such folder");
   return p;
@@ -286,13 +311,14 @@ int dispatch_loss(xpo::models::CausalLM policy, Scorer scorer, xpo::text::Tokeni
 }
 
 // The reward model and, when its tokenizer differs from the policy's, that tokenizer (re-tokenised scoring).
-std::optional<xpo::text::Tokenizer> own_tokenizer(const fs::path& reward_model, const fs::path& policy) {
+std::optional<xpo::text::Tokenizer> own_tokenizer(const fs::path& reward_model, const fs::path& policy,
+                                                  const xpo::text::TokenizerLimits& limits) {
   if (!fs::exists(reward_model / "tokenizer.json")) return std::nullopt;
   if (fs::exists(policy / "tokenizer.json") &&
-      xpo::read_text_file(reward_model / "tokenizer.json", xpo::text::kMaxTokenizerFileBytes) ==
-          xpo::read_text_file(policy / "tokenizer.json", xpo::text::kMaxTokenizerFileBytes))
+      xpo::read_text_file(reward_model / "tokenizer.json", limits.max_file_bytes) ==
+          xpo::read_text_file(policy / "tokenizer.json", limits.max_file_bytes))
     return std::nullopt;
-  return xpo::text::Tokenizer::from_pretrained(reward_model);
+  return xpo::text::Tokenizer::from_pretrained(reward_model, limits);
 }
 
 int main_impl(int argc, char** argv) {
@@ -328,6 +354,9 @@ int main_impl(int argc, char** argv) {
   flags.add("resume_from_checkpoint", args.resume_from_checkpoint, "\"latest\" or a checkpoint folder of this output_dir");
   flags.add("report_to", args.report_to, "where metrics go: jsonl (metrics.jsonl), tensorboard (runs/), all, none");
   flags.add("bf16", args.bf16, "train in bfloat16 (same as --dtype bfloat16)");
+  flags.add("max_dataset_line_bytes", args.max_dataset_line_bytes, "refuse a JSONL line longer than this");
+  flags.add("max_tokenizer_file_bytes", args.max_tokenizer_file_bytes, "refuse a tokenizer file (tokenizer.json, ...) larger than this");
+  flags.add("max_chat_template_bytes", args.max_chat_template_bytes, "refuse a chat template larger than this");
   flags.add_config(config);
   try {
     if (!flags.parse(argc, argv, std::cout)) return 0;
@@ -356,6 +385,7 @@ int main_impl(int argc, char** argv) {
   }
   xpo::io::PromptDatasetOptions data_options;
   data_options.skip_bad_rows = args.skip_bad_rows;
+  data_options.max_line_bytes = static_cast<std::size_t>(args.max_dataset_line_bytes);
   auto loaded = xpo::io::load_prompt_dataset(args.dataset_name, data_options);
   if (loaded.skipped_rows > 0) std::fprintf(stderr, "xpo-train: skipped %zu malformed rows\n", loaded.skipped_rows);
   xpo::PromptDataset train = std::move(loaded.rows), eval;
@@ -370,18 +400,18 @@ int main_impl(int argc, char** argv) {
   }
 
   const fs::path model_path(args.model_name_or_path);
-  auto policy = xpo::models::load_causal_lm(model_path, config.torch_device(), config.torch_dtype());
-  auto tokenizer = xpo::text::Tokenizer::from_pretrained(model_path);
+  auto tokenizer = xpo::text::Tokenizer::from_pretrained(model_path, args.tokenizer_limits());
+  auto policy = xpo::models::load_causal_lm(model_path, xpo::torch_device(config), xpo::torch_dtype(config));
   if (args.use_peft) {
     policy->enable_lora({.r = args.lora_r, .alpha = args.lora_alpha, .dropout = args.lora_dropout, .target_modules = args.lora_target_modules});
   }
-  const auto load_rm = [&](const fs::path& p) { return xpo::models::load_reward_model(p, config.torch_device(), config.torch_dtype()); };
+  const auto load_rm = [&](const fs::path& p) { return xpo::models::load_reward_model(p, xpo::torch_device(config), xpo::torch_dtype(config)); };
   if (!args.reward_model_path.empty()) {
-    xpo::scoring::RewardModelScorer scorer(load_rm(args.reward_model_path), own_tokenizer(args.reward_model_path, model_path));
+    xpo::scoring::RewardModelScorer scorer(load_rm(args.reward_model_path), own_tokenizer(args.reward_model_path, model_path, args.tokenizer_limits()));
     return dispatch_loss(std::move(policy), std::move(scorer), std::move(tokenizer), config, std::move(train), std::move(eval), args);
   }
   if (!args.judge.empty() && fs::is_directory(args.judge)) {
-    auto judge_tokenizer = own_tokenizer(args.judge, model_path);
+    auto judge_tokenizer = own_tokenizer(args.judge, model_path, args.tokenizer_limits());
     xpo::scoring::RewardModelJudge judge(load_rm(args.judge), judge_tokenizer ? *judge_tokenizer : tokenizer);
     return dispatch_loss(std::move(policy), std::move(judge), std::move(tokenizer), config, std::move(train), std::move(eval), args);
   }

@@ -38,9 +38,41 @@ PY
 mkdir -p build-fuzz/corpus/jsonl
 printf '{"prompt": "The sky is"}\n{"prompt": "x", "id": 3}\n' > build-fuzz/corpus/jsonl/seed-standard.jsonl
 printf '{"prompt": [{"role": "user", "content": "Hi"}], "chat_template_kwargs": {"a": 1}}\n\n' > build-fuzz/corpus/jsonl/seed-chat.jsonl
+# safetensors: each fixture checkpoint's header with its tensors shrunk to a few elements (the files themselves
+# are larger than -max_len), so that seeds are whole, valid files
+mkdir -p build-fuzz/corpus/safetensors
+python3 - build-fuzz/corpus/safetensors "$fixtures"/models/*/*.safetensors <<'PY'
+import json, struct, sys, pathlib
+sizes = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+out = pathlib.Path(sys.argv[1])
+for i, name in enumerate(sys.argv[2:]):
+    raw = open(name, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    small, offset = {}, 0
+    for key, value in header.items():
+        if key == "__metadata__":
+            small[key] = value
+            continue
+        shape = [min(d, 2) for d in value["shape"]][:2]
+        count = 1
+        for d in shape: count *= d
+        small[key] = {"dtype": value["dtype"], "shape": shape, "data_offsets": [offset, offset + count * sizes[value["dtype"]]]}
+        offset += count * sizes[value["dtype"]]
+        if len(small) > 6: break
+    text = json.dumps(small).encode()
+    (out / f"seed-{i}.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + bytes(offset))
+PY
+# configuration readers: '0' XPOConfig JSON, '1' a model's config.json, '2' flag lines [NUL --config file]
+mkdir -p build-fuzz/corpus/config
+printf '0{"beta": [0.1, 0.05], "alpha": 1e-5, "loss_type": "ipo", "save_total_limit": null, "min_p": 0.1, "device": "cuda:1"}' \
+  > build-fuzz/corpus/config/seed-xpo.json
+seed config "1" "$fixtures"/models/*/config.json
+printf '2--beta\n0.2,0.1\n--flag\n--names\na\nb\n--rate=none\n--count\n7\n--learning_rate\n1e-6' > build-fuzz/corpus/config/seed-flags
+printf '2--max_steps\n3\0{"name": "y", "names": ["p", "q"], "temperature": 0.5, "rate": null}' > build-fuzz/corpus/config/seed-flags-file
 export XPO_FUZZ_TOKENIZER="$fixtures/tokenizers/qwen/tokenizer.json"
 status=0
-for target in chat_template tokenizer jsonl; do
+for target in safetensors tokenizer chat_template jsonl config; do
   echo "fuzz: $target for ${seconds}s"
   if ! ./build-fuzz/fuzz_$target "build-fuzz/corpus/$target" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 \
        -artifact_prefix="build-fuzz/findings/$target-" -print_final_stats=1 2> "build-fuzz/$target.log"; then

@@ -1,14 +1,18 @@
 // The command line end to end, as a user runs it: xpo-train on the tiny fixture models (reward model, judge,
 // rule judge with IPO, conversational prompts, LoRA, resume, Ctrl-C), the offline quick start on the embedded
-// default, xpo-chat (--prompt and stdin), and bad input: one clear message, a non-zero exit, nothing written over.
+// default, xpo-chat (--prompt and stdin), bad input (one clear message, a non-zero exit, nothing written over),
+// and faults: kill -9 during saves, a disk that fills up during a save.
 #include <xpo/xpo.hpp>
 
 #include <gtest/gtest.h>
 
 #include <csignal>
 #include <fstream>
+#include <map>
 #include <set>
 #include <thread>
+
+#include <sys/resource.h>
 
 #include "support/fixtures.hpp"
 #include "support/process.hpp"
@@ -223,6 +227,50 @@ TEST_F(CliTest, KilledWhileSavingLeavesALoadableLatestCheckpoint) {
   EXPECT_CONTAINS(r.err, "resumed at step " + std::to_string(reached));
 }
 
+// A disk that fills up during a checkpoint save (simulated with RLIMIT_FSIZE: no file may grow past half the size
+// of the model's weights, so the run's logs still fit but the next checkpoint cannot): a clear error naming the
+// checkpoint, the earlier checkpoint byte for byte as it was, no half-written folder, and the run resumes from it.
+TEST_F(CliTest, FullDiskDuringASaveIsAClearErrorAndKeepsTheLastCheckpoint) {
+  const auto out = dir_ / "full";
+  auto args = tiny_run(write_prompts("p.jsonl", 6, false), out);
+  set_flag(args, "--save_steps", "1");
+  args.insert(args.end(), {"--reward_rule", "positivity"});
+  ASSERT_EQ(train(args).status, 0);
+  const auto snapshot = [](const fs::path& folder) {
+    std::map<std::string, std::string> files;
+    for (const auto& e : fs::recursive_directory_iterator(folder))
+      if (e.is_regular_file()) files[fs::relative(e.path(), folder).string()] = xpo::test::detail::slurp(e.path());
+    return files;
+  };
+  const auto before = snapshot(out / "checkpoint-2");
+  const auto limit = static_cast<rlim_t>(fs::file_size(out / "checkpoint-2" / "model.safetensors") / 2);
+  ASSERT_LT(fs::file_size(out / "metrics.jsonl") * 8, limit) << "the logs must fit under the limit";
+
+  auto resume = args;
+  set_flag(resume, "--max_steps", "4");
+  resume.insert(resume.end(), {"--resume_from_checkpoint", "latest"});
+  const auto r = xpo::test::run_process([&] { auto a = resume; a.insert(a.begin(), XPO_TRAIN_EXE); return a; }(), dir_, "", {},
+                                        [limit] {
+                                          ::signal(SIGXFSZ, SIG_IGN);  // a write past the limit fails with EFBIG
+                                          const rlimit l{limit, limit};
+                                          ::setrlimit(RLIMIT_FSIZE, &l);
+                                        });
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_CONTAINS(r.err, (out / "checkpoint-3").string() + ": saving the checkpoint failed");
+  EXPECT_CONTAINS(r.err, "disk full?");
+  EXPECT_EQ(snapshot(out / "checkpoint-2"), before);
+  for (const auto& e : fs::directory_iterator(out))
+    EXPECT_NE(e.path().filename().string().rfind(".tmp-", 0), 0u) << "left behind: " << e.path();
+  const auto checkpoints = xpo::training::list_checkpoints(out);
+  ASSERT_FALSE(checkpoints.empty());
+  EXPECT_EQ(checkpoints.back().first, 2);
+
+  const auto again = train(resume);
+  ASSERT_EQ(again.status, 0) << again.err;
+  EXPECT_CONTAINS(again.err, "resumed at step 2");
+  EXPECT_TRUE(fs::exists(out / "checkpoint-4"));
+}
+
 TEST_F(CliTest, BadInputIsOneClearMessageAndWritesNothing) {
   const auto out = dir_ / "out";
   const auto prompts = write_prompts("p.jsonl", 4, false);
@@ -247,6 +295,10 @@ TEST_F(CliTest, BadInputIsOneClearMessageAndWritesNothing) {
   fs::create_directories(dir_ / "not-a-model");
   expect_refused({"--model_name_or_path", (dir_ / "not-a-model").string()}, "no config.json", prompts);
   expect_refused({"--judge", "nonsense"}, "built-in rules: positivity, concise", prompts);
+  // resource bounds on untrusted files, each configurable
+  expect_refused({"--max_dataset_line_bytes", "16"}, "p.jsonl:1", prompts);
+  expect_refused({"--max_chat_template_bytes", "16"}, "more than the limit of 16", prompts);
+  expect_refused({"--max_tokenizer_file_bytes", "1000"}, "tokenizer.json: the file has", prompts);
   {  // the embedded default checks a given dataset before it builds anything
     const auto r = train({"--output_dir", out.string(), "--dataset_name", (dir_ / "missing.jsonl").string()});
     EXPECT_EQ(r.status, 2);
@@ -272,6 +324,12 @@ TEST_F(CliTest, BadInputIsOneClearMessageAndWritesNothing) {
     std::ifstream in(dir_ / "a-file");
     std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     EXPECT_EQ(content, "keep me");
+    // ... and one that would have to be created inside that file: refused before anything is loaded.
+    auto inside = tiny_run(prompts, dir_ / "a-file" / "run");
+    inside.insert(inside.end(), {"--reward_rule", "positivity"});
+    const auto r2 = train(inside);
+    EXPECT_EQ(r2.status, 2);
+    EXPECT_CONTAINS(r2.err, (dir_ / "a-file").string() + " is not a folder");
   }
   // --skip_bad_rows trains on the good lines and says how many it skipped.
   {

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <xpo/core/config.hpp>
+#include <xpo/core/config_torch.hpp>
 
 #include "support/fixtures.hpp"
 
@@ -44,8 +45,28 @@ TEST(XPOConfig, DefaultsAreTrlsAndValid) {
   EXPECT_DOUBLE_EQ(c.weight_decay, 0.0);
   EXPECT_EQ(c.lr_scheduler_type, "linear");
   EXPECT_TRUE(c.disable_dropout);
-  EXPECT_EQ(c.torch_device(), torch::Device(torch::kCPU));
-  EXPECT_EQ(c.torch_dtype(), torch::kFloat);
+  EXPECT_EQ(xpo::torch_device(c), torch::Device(torch::kCPU));
+  EXPECT_EQ(xpo::torch_dtype(c), torch::kFloat);
+}
+
+TEST(XPOConfig, DeviceStringsAcceptedWithoutLibTorchAreLibTorchDevices) {
+  // config.hpp checks device strings without LibTorch; whatever it accepts must construct a torch::Device of the
+  // same type and index, and what LibTorch refuses must be refused.
+  for (const std::string s : {"cpu", "cuda", "cuda:0", "cuda:7", "cuda:127", "mps", "xpu:1", "hip:3", "meta", "xla:0"}) {
+    EXPECT_TRUE(xpo::detail::is_device_string(s)) << s;
+    xpo::XPOConfig c;
+    c.device = s;
+    const auto d = xpo::torch_device(c);
+    EXPECT_EQ(d.str(), s) << "LibTorch reads \"" << s << "\" as " << d.str();
+  }
+  for (const std::string s : {"", "gpu", "CPU", "cuda:", "cuda:01", "cuda:-1", "cuda:0:1", " cpu", "cuda:x", "cuda:1000"}) {
+    EXPECT_FALSE(xpo::detail::is_device_string(s)) << s;
+    xpo::XPOConfig c;
+    c.device = s;
+    EXPECT_FALSE(c.problems().empty()) << s;
+  }
+  for (const std::string s : {"", "gpu", "CPU", "cuda:", "cuda:01", "cuda:-1", "cuda:0:1", " cpu", "cuda:x"})
+    EXPECT_ANY_THROW((void)torch::Device(s)) << "LibTorch accepts \"" << s << "\" too";
 }
 
 TEST(XPOConfig, JsonRoundTripKeepsEveryField) {
@@ -65,7 +86,7 @@ TEST(XPOConfig, JsonRoundTripKeepsEveryField) {
   EXPECT_TRUE(j.at("top_k").is_number_integer());
   const auto back = xpo::XPOConfig::from_json(j);
   EXPECT_EQ(back.to_json(), j);
-  EXPECT_EQ(back.torch_dtype(), torch::kBFloat16);
+  EXPECT_EQ(xpo::torch_dtype(back), torch::kBFloat16);
   std::size_t fields = 0;
   xpo::visit_fields(c, [&](const char* name, const auto&, const char* help) {
     EXPECT_TRUE(j.contains(name)) << name;

@@ -66,6 +66,17 @@ TEST_F(SafetensorsFiles, RoundTripEveryDtype) {
   EXPECT_EQ(n % 8, 0u);
 }
 
+TEST(SafetensorsDtypes, TheTorchFreeParserAndTheLoaderAgree) {
+  // io/safetensors_header.hpp (no LibTorch) admits a code only if the loader has a type of the same size for it.
+  ASSERT_EQ(std::size(xpo::io::kSafetensorsDtypeSizes), xpo::io::safetensors_dtypes().size());
+  for (const auto& [code, bytes] : xpo::io::kSafetensorsDtypeSizes) {
+    const auto d = xpo::io::dtype_from_safetensors(std::string(code));
+    ASSERT_TRUE(d.has_value()) << code;
+    EXPECT_EQ(d->bytes, bytes) << code;
+    EXPECT_EQ(torch::empty({1}, d->type).element_size(), static_cast<std::int64_t>(bytes)) << code;
+  }
+}
+
 TEST_F(SafetensorsFiles, TruncatedFile) {
   std::ofstream(dir_ / "short.safetensors", std::ios::binary) << "abc";
   EXPECT_NE(error_of(dir_ / "short.safetensors").find("truncated"), std::string::npos);

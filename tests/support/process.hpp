@@ -33,9 +33,11 @@ inline std::string slurp(const std::filesystem::path& p) {
 }  // namespace detail
 
 // Starts argv[0] with argv; `scratch` holds the captured streams. `while_running(pid)` (optional) is called once
-// the child runs, e.g. to send it a signal; the call then waits for the child to end.
+// the child runs, e.g. to send it a signal; the call then waits for the child to end. `in_child` (optional) runs
+// in the child between fork and exec, e.g. to set a resource limit; it must only make async-signal-safe calls.
 inline ProcessResult run_process(const std::vector<std::string>& argv, const std::filesystem::path& scratch,
-                                 const std::string& stdin_text = "", const std::function<void(pid_t)>& while_running = {}) {
+                                 const std::string& stdin_text = "", const std::function<void(pid_t)>& while_running = {},
+                                 const std::function<void()>& in_child = {}) {
   static int counter = 0;
   const auto base = scratch / ("proc-" + std::to_string(counter++));
   const auto in_path = base.string() + ".in", out_path = base.string() + ".out", err_path = base.string() + ".err";
@@ -50,6 +52,7 @@ inline ProcessResult run_process(const std::vector<std::string>& argv, const std
     ::dup2(in, 0);
     ::dup2(out, 1);
     ::dup2(err, 2);
+    if (in_child) in_child();
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);

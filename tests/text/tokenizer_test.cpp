@@ -1,5 +1,6 @@
 // Tokenizer parity with Hugging Face `tokenizers`: every golden case of $XPO_FIXTURES_DIR/tokenizers/<family>/
 // (encode -> ids and tokens, decode with and without special tokens, decode-only cases), plus malformed files.
+#include <xpo/text/chat.hpp>
 #include <xpo/text/tokenizer.hpp>
 
 #include <gtest/gtest.h>
@@ -282,6 +283,8 @@ TEST(TokenizerProperties, AddedTokenFlagsAndPostProcessor) {
   EXPECT_EQ(t.decode(std::vector<TokenId>{302, 'x', 301}, true), "xcat");  // not special: kept
 }
 
+std::size_t jinja_default_limit() { return xpo::text::jinja::Limits{}.max_template_bytes; }
+
 void write_file(const std::filesystem::path& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;
 }
@@ -331,6 +334,39 @@ TEST_F(TokenizerFolder, SpecialTokensGenerationConfigAndTemplates) {
   }
   std::filesystem::remove(dir_ / "tokenizer.json");
   EXPECT_THROW((void)Tokenizer::from_pretrained(dir_), xpo::FileError);
+}
+
+// Resource bounds: a tokenizer file or a chat template larger than the configured limit is refused, naming the
+// file and the limit; at the limit it loads.
+TEST_F(TokenizerFolder, FileAndTemplateSizeLimitsAreConfigurable) {
+  write_file(dir_ / "tokenizer.json", synthetic_tokenizer({}).dump());
+  const std::string tmpl = "{% for m in messages %}{{ m['content'] }}{% endfor %}";
+  write_file(dir_ / "tokenizer_config.json", nlohmann::json{{"chat_template", tmpl}}.dump());
+  const auto file_bytes = std::filesystem::file_size(dir_ / "tokenizer.json");
+  const auto error_of = [&](const xpo::text::TokenizerLimits& limits) -> std::string {
+    try {
+      (void)Tokenizer::from_pretrained(dir_, limits);
+    } catch (const xpo::FileError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(error_of({.max_file_bytes = file_bytes, .max_chat_template_bytes = tmpl.size()}), "");
+  auto e = error_of({.max_file_bytes = file_bytes - 1});
+  EXPECT_NE(e.find((dir_ / "tokenizer.json").string()), std::string::npos) << e;
+  EXPECT_NE(e.find("limit of " + std::to_string(file_bytes - 1)), std::string::npos) << e;
+  e = error_of({.max_chat_template_bytes = tmpl.size() - 1});
+  EXPECT_NE(e.find((dir_ / "tokenizer_config.json").string()), std::string::npos) << e;
+  EXPECT_NE(e.find("chat template has " + std::to_string(tmpl.size()) + " bytes"), std::string::npos) << e;
+  write_file(dir_ / "chat_template.jinja", tmpl + tmpl);  // the .jinja file wins and is bounded the same way
+  e = error_of({.max_chat_template_bytes = tmpl.size()});
+  EXPECT_NE(e.find((dir_ / "chat_template.jinja").string()), std::string::npos) << e;
+  // A template above the renderer's own default bound renders when the tokenizer's limit admitted it.
+  std::string big = "{# " + std::string(jinja_default_limit() + 16, 'x') + " #}" + tmpl;
+  write_file(dir_ / "chat_template.jinja", big);
+  const auto t = Tokenizer::from_pretrained(dir_, {.max_chat_template_bytes = big.size()});
+  const auto chat = xpo::text::ChatTemplate::of(t);
+  EXPECT_EQ(chat.render(nlohmann::json::array({{{"role", "user"}, {"content", "hi"}}}), t.special_tokens()), "hi");
 }
 
 // Malformed tokenizer.json files are clear errors that say what is wrong.

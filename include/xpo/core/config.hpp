@@ -6,7 +6,6 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
 
 #include <algorithm>
 #include <concepts>
@@ -70,8 +69,8 @@ struct XPOConfig {
   // Throws xpo::ConfigError listing every problem.
   void validate() const;
 
-  [[nodiscard]] torch::Device torch_device() const { return torch::Device(device); }
-  [[nodiscard]] torch::ScalarType torch_dtype() const;
+  // LibTorch's device and dtype of these fields: xpo::torch_device(config), xpo::torch_dtype(config) in
+  // core/config_torch.hpp. This header needs no LibTorch, so that its parser can be fuzzed with clang (fuzz/).
 
   [[nodiscard]] nlohmann::json to_json() const;
   // Strict: unknown keys (with the nearest known key suggested), wrong JSON types and invalid values are all
@@ -219,6 +218,25 @@ bool one_of(const T& value, std::initializer_list<T> allowed) {
   return std::find(allowed.begin(), allowed.end(), value) != allowed.end();
 }
 
+
+// A device string LibTorch parses (c10::Device's grammar "type[:index]", index without leading zeros), for the
+// device types a trainer can run on. A test checks that every string accepted here constructs a torch::Device.
+inline bool is_device_string(std::string_view s) {
+  const auto colon = s.find(':');
+  const auto type = s.substr(0, colon);
+  if (!one_of<std::string_view>(type, {"cpu", "cuda", "hip", "mps", "xpu", "hpu", "xla", "meta", "privateuseone"}))
+    return false;
+  if (colon == std::string_view::npos) return true;
+  const auto index = s.substr(colon + 1);
+  if (index.empty() || index.size() > 3 || (index.size() > 1 && index[0] == '0')) return false;
+  int value = 0;
+  for (const char c : index) {
+    if (c < '0' || c > '9') return false;
+    value = value * 10 + (c - '0');
+  }
+  return value <= 127;  // c10::DeviceIndex is 8 bits in LibTorch 1.x
+}
+
 }  // namespace detail
 
 inline std::vector<std::string> XPOConfig::problems() const {
@@ -231,11 +249,8 @@ inline std::vector<std::string> XPOConfig::problems() const {
 
   if (output_dir.empty()) bad("output_dir", "\"\"", "a non-empty path");
   if (seed < 0) bad("seed", integer(seed), ">= 0");
-  try {
-    (void)torch::Device(device);
-  } catch (const std::exception&) {
-    bad("device", "\"" + device + "\"", "a torch device such as cpu, cuda or cuda:0");
-  }
+  if (!detail::is_device_string(device))
+    bad("device", "\"" + device + "\"", "a device such as cpu, cuda, cuda:0 or mps");
   if (!detail::one_of<std::string>(dtype, {"float32", "bfloat16", "float16", "float64"}))
     bad("dtype", "\"" + dtype + "\"", "one of float32, bfloat16, float16, float64");
   if (per_device_train_batch_size < 1)
@@ -281,14 +296,6 @@ inline void XPOConfig::validate() const {
   if (auto p = problems(); !p.empty()) throw ConfigError(std::move(p));
 }
 
-inline torch::ScalarType XPOConfig::torch_dtype() const {
-  if (dtype == "float32") return torch::kFloat;
-  if (dtype == "bfloat16") return torch::kBFloat16;
-  if (dtype == "float16") return torch::kHalf;
-  if (dtype == "float64") return torch::kDouble;
-  throw ConfigError("dtype = \"" + dtype + "\": must be one of float32, bfloat16, float16, float64");
-}
-
 inline nlohmann::json XPOConfig::to_json() const {
   nlohmann::json j = nlohmann::json::object();
   visit_fields(*this, [&j](const char* name, const auto& member, const char*) { j[name] = detail::write_json(member); });
@@ -311,7 +318,7 @@ inline void XPOConfig::update_from_json(const nlohmann::json& j, std::string_vie
   for (const auto& [key, value] : j.items()) {
     if (std::find(known.begin(), known.end(), key) != known.end()) continue;
     std::string message = prefix + "unknown key \"" + key + "\"";
-    const auto nearest = std::min_element(known.begin(), known.end(), [&key](const auto& a, const auto& b) {
+    const auto nearest = std::min_element(known.begin(), known.end(), [&key = key](const auto& a, const auto& b) {
       return detail::edit_distance(key, a) < detail::edit_distance(key, b);
     });
     if (nearest != known.end() && detail::edit_distance(key, *nearest) <= std::max<std::size_t>(2, key.size() / 3))

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "xpo/core/errors.hpp"
-#include "xpo/io/checkpoint.hpp"
+#include "xpo/core/json_file.hpp"
 
 namespace xpo::io {
 

@@ -1,9 +1,6 @@
 // xpo/io/safetensors.hpp — read and write the safetensors format (https://huggingface.co/docs/safetensors).
-// Layout: 8-byte little-endian header length N, N bytes of JSON header, then the data section. The file is
-// untrusted: the header length is bounded by the file, the JSON must be an object without duplicate names, each
-// tensor's dtype must be known, its byte size must equal dtype size x shape product, and the tensors must tile
-// the data section exactly (sorted by offset, no overlap, no hole). Every violation is an xpo::FileError naming
-// the file and the tensor. Tensors are read one at a time straight into their own memory (no second copy of the
+// The untrusted header is parsed and checked by io/safetensors_header.hpp (no LibTorch); every violation is an
+// xpo::FileError naming the file and the tensor. Tensors are read one at a time straight into their own memory (no second copy of the
 // file); writing goes to a temporary name and is renamed into place.
 #pragma once
 
@@ -26,13 +23,9 @@
 #include <vector>
 
 #include "xpo/core/errors.hpp"
+#include "xpo/io/safetensors_header.hpp"
 
 namespace xpo::io {
-
-static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian");
-
-// safetensors' own limit on the JSON header (the reference implementation refuses larger headers).
-inline constexpr std::uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
 
 struct SafetensorsDtype {
   const char* name;
@@ -40,12 +33,18 @@ struct SafetensorsDtype {
   std::size_t bytes;
 };
 
+// LibTorch's type for each code the header parser admits (kSafetensorsDtypeSizes; a test checks they agree).
 inline const std::vector<SafetensorsDtype>& safetensors_dtypes() {
-  static const std::vector<SafetensorsDtype> table = {
-      {"F64", torch::kDouble, 8}, {"F32", torch::kFloat, 4},  {"F16", torch::kHalf, 2},  {"BF16", torch::kBFloat16, 2},
-      {"I64", torch::kLong, 8},   {"I32", torch::kInt, 4},    {"I16", torch::kShort, 2}, {"I8", torch::kChar, 1},
-      {"U8", torch::kByte, 1},    {"BOOL", torch::kBool, 1},
-  };
+  static const std::vector<SafetensorsDtype> table = [] {
+    const std::pair<const char*, torch::ScalarType> types[] = {
+        {"F64", torch::kDouble}, {"F32", torch::kFloat}, {"F16", torch::kHalf}, {"BF16", torch::kBFloat16},
+        {"I64", torch::kLong},   {"I32", torch::kInt},   {"I16", torch::kShort}, {"I8", torch::kChar},
+        {"U8", torch::kByte},    {"BOOL", torch::kBool},
+    };
+    std::vector<SafetensorsDtype> out;
+    for (const auto& [name, type] : types) out.push_back({name, type, c10::elementSize(type)});
+    return out;
+  }();
   return table;
 }
 
@@ -99,111 +98,17 @@ class SafetensorsFile {
 };
 
 inline SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
+  auto header = SafetensorsHeader::read(path);
   SafetensorsFile f;
   f.path_ = path;
-  std::error_code ec;
-  const auto file_size = std::filesystem::file_size(path, ec);
-  if (ec) f.fail("cannot read the file: " + ec.message());
-  std::ifstream in(path, std::ios::binary);
-  if (!in) f.fail("cannot open the file");
-  if (file_size < 8) f.fail("truncated: " + std::to_string(file_size) + " bytes, shorter than the 8-byte header length");
-  unsigned char length_bytes[8];
-  in.read(reinterpret_cast<char*>(length_bytes), 8);
-  std::uint64_t header_length = 0;
-  for (int i = 7; i >= 0; --i) header_length = (header_length << 8) | length_bytes[i];
-  if (header_length > file_size - 8) {
-    f.fail("header length " + std::to_string(header_length) + " is larger than the rest of the file (" +
-           std::to_string(file_size - 8) + " bytes): truncated or not a safetensors file");
+  f.data_start_ = header.data_start;
+  f.metadata_ = std::move(header.metadata);
+  for (auto& e : header.entries) {
+    const auto dtype = dtype_from_safetensors(e.dtype);
+    if (!dtype) f.fail("tensor \"" + e.name + "\": dtype " + e.dtype + " has no LibTorch type here");
+    f.index_[e.name] = f.entries_.size();
+    f.entries_.push_back(SafetensorsEntry{std::move(e.name), *dtype, std::move(e.shape), e.begin, e.end});
   }
-  if (header_length > kMaxSafetensorsHeaderBytes) {
-    f.fail("header length " + std::to_string(header_length) + " exceeds the format's limit of " +
-           std::to_string(kMaxSafetensorsHeaderBytes) + " bytes");
-  }
-  std::string text(header_length, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(header_length));
-  if (!in) f.fail("could not read the " + std::to_string(header_length) + "-byte header");
-
-  // Duplicate top-level names would silently shadow each other in a JSON object: refuse them.
-  std::set<std::string> seen;
-  std::string duplicate;
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(text, [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-      if (depth == 1 && event == nlohmann::json::parse_event_t::key) {
-        const auto key = parsed.get<std::string>();
-        if (!seen.insert(key).second && duplicate.empty()) duplicate = key;
-      }
-      return true;
-    });
-  } catch (const nlohmann::json::exception& e) {
-    f.fail(std::string("the header is not valid JSON: ") + e.what());
-  }
-  if (!duplicate.empty()) f.fail("tensor \"" + duplicate + "\" appears twice in the header");
-  if (!header.is_object()) f.fail("the header is not a JSON object");
-
-  const std::uint64_t data_size = file_size - 8 - header_length;
-  f.data_start_ = 8 + header_length;
-  for (const auto& [name, value] : header.items()) {
-    if (name == "__metadata__") {
-      if (!value.is_object()) f.fail("__metadata__ is not an object of strings");
-      for (const auto& [key, v] : value.items()) {
-        if (!v.is_string()) f.fail("__metadata__[\"" + key + "\"] is not a string");
-        f.metadata_[key] = v.get<std::string>();
-      }
-      continue;
-    }
-    const std::string where = "tensor \"" + name + "\": ";
-    if (!value.is_object() || !value.contains("dtype") || !value.contains("shape") || !value.contains("data_offsets"))
-      f.fail(where + "needs dtype, shape and data_offsets");
-    if (!value["dtype"].is_string()) f.fail(where + "dtype is not a string");
-    const auto dtype = dtype_from_safetensors(value["dtype"].get<std::string>());
-    if (!dtype) f.fail(where + "unsupported dtype \"" + value["dtype"].get<std::string>() + "\"");
-    SafetensorsEntry entry{name, *dtype, {}, 0, 0};
-    const auto& shape = value["shape"];
-    if (!shape.is_array()) f.fail(where + "shape is not a list");
-    std::uint64_t numel = 1;
-    for (const auto& d : shape) {
-      if (!d.is_number_unsigned()) f.fail(where + "shape holds " + d.dump() + ", not a non-negative integer");
-      const auto dim = d.get<std::uint64_t>();
-      if (dim > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) ||
-          (dim != 0 && numel > std::numeric_limits<std::uint64_t>::max() / dim / dtype->bytes))
-        f.fail(where + "shape " + shape.dump() + " overflows");
-      numel *= dim;
-      entry.shape.push_back(static_cast<std::int64_t>(dim));
-    }
-    const auto& offsets = value["data_offsets"];
-    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
-      f.fail(where + "data_offsets must be two non-negative integers");
-    entry.begin = offsets[0].get<std::uint64_t>();
-    entry.end = offsets[1].get<std::uint64_t>();
-    if (entry.begin > entry.end) f.fail(where + "data_offsets " + offsets.dump() + " end before they begin");
-    if (entry.end > data_size)
-      f.fail(where + "data_offsets " + offsets.dump() + " run past the data section (" + std::to_string(data_size) + " bytes)");
-    if (entry.end - entry.begin != numel * dtype->bytes) {
-      f.fail(where + "holds " + std::to_string(entry.end - entry.begin) + " bytes, but dtype " + dtype->name +
-             " x shape " + shape.dump() + " needs " + std::to_string(numel * dtype->bytes));
-    }
-    f.entries_.push_back(std::move(entry));
-  }
-  // The tensors must tile the data section: sorted by offset, each starts where the previous one ended.
-  std::vector<const SafetensorsEntry*> by_offset;
-  for (const auto& e : f.entries_) by_offset.push_back(&e);
-  std::sort(by_offset.begin(), by_offset.end(), [](const auto* a, const auto* b) {
-    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
-  });
-  std::uint64_t cursor = 0;
-  const SafetensorsEntry* previous = nullptr;
-  for (const auto* e : by_offset) {
-    if (e->begin < cursor)
-      f.fail("tensor \"" + e->name + "\" overlaps tensor \"" + previous->name + "\" in the data section");
-    if (e->begin > cursor)
-      f.fail("unused bytes " + std::to_string(cursor) + ".." + std::to_string(e->begin) + " before tensor \"" + e->name + "\"");
-    cursor = e->end;
-    previous = e;
-  }
-  if (cursor != data_size)
-    f.fail("the data section has " + std::to_string(data_size - cursor) + " trailing bytes no tensor covers");
-  for (std::size_t i = 0; i < f.entries_.size(); ++i) f.index_[f.entries_[i].name] = i;
   return f;
 }
 

@@ -11,6 +11,7 @@
 //                                                               a BOS prepended when the tokenizer has one.
 #pragma once
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <utility>
@@ -55,12 +56,14 @@ class ChatTemplate {
   explicit ChatTemplate(std::string source, jinja::Limits limits = {})
       : template_(std::move(source), jinja::Options{}, limits) {}
 
-  // The tokenizer's own template; an error naming the fix when it has none.
+  // The tokenizer's own template; an error naming the fix when it has none. Its size was bounded when the
+  // tokenizer was loaded (TokenizerLimits::max_chat_template_bytes), so it is not bounded twice here.
   static ChatTemplate of(const Tokenizer& tokenizer, jinja::Limits limits = {}) {
     if (!tokenizer.chat_template()) {
       throw ConfigError("the tokenizer has no chat_template (tokenizer_config.json or chat_template.jinja); set one "
                         "with Tokenizer::set_chat_template, e.g. xpo::text::kSimpleChatTemplate");
     }
+    limits.max_template_bytes = std::max(limits.max_template_bytes, tokenizer.chat_template()->size());
     return ChatTemplate(*tokenizer.chat_template(), limits);
   }
 

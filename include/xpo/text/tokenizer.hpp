@@ -45,8 +45,15 @@ namespace xpo::text {
 
 using TokenId = std::int64_t;
 
-// The largest tokenizer file accepted (the biggest public tokenizer.json files are ~30 MB).
+// The largest tokenizer file accepted by default (the biggest public tokenizer.json files are ~30 MB).
 inline constexpr std::uintmax_t kMaxTokenizerFileBytes = std::uintmax_t{256} << 20;
+
+// Bounds on what loading a tokenizer folder may read: a file or a chat template beyond them is refused with a
+// message naming it and the limit, instead of exhausting memory.
+struct TokenizerLimits {
+  std::uintmax_t max_file_bytes = kMaxTokenizerFileBytes;  // tokenizer.json and its companion files
+  std::size_t max_chat_template_bytes = std::size_t{1} << 20;  // the chat template, from either file it may be in
+};
 
 // An entry of tokenizer.json's "added_tokens".
 struct AddedToken {
@@ -138,26 +145,36 @@ class Tokenizer {
   // ---- loading --------------------------------------------------------------------------------------------
   // A checkpoint folder: tokenizer.json plus (when present) tokenizer_config.json, special_tokens_map.json,
   // chat_template.jinja and generation_config.json.
-  static Tokenizer from_pretrained(const std::filesystem::path& folder) {
+  static Tokenizer from_pretrained(const std::filesystem::path& folder, const TokenizerLimits& limits = {}) {
     const auto file = folder / "tokenizer.json";
     if (!std::filesystem::exists(file)) {
       throw FileError(file.string(), "no tokenizer.json in the checkpoint folder (only fast, byte-level BPE "
                                      "tokenizers are supported)");
     }
-    Tokenizer t = from_file(file);
+    Tokenizer t = from_file(file, limits.max_file_bytes);
     t.source_folder_ = folder;
     nlohmann::json config = nlohmann::json::object();
-    if (std::filesystem::exists(folder / "tokenizer_config.json")) config = read_json(folder / "tokenizer_config.json");
+    if (std::filesystem::exists(folder / "tokenizer_config.json"))
+      config = read_json_file(folder / "tokenizer_config.json", limits.max_file_bytes);
     nlohmann::json special_map = nlohmann::json::object();
-    if (std::filesystem::exists(folder / "special_tokens_map.json")) special_map = read_json(folder / "special_tokens_map.json");
+    if (std::filesystem::exists(folder / "special_tokens_map.json"))
+      special_map = read_json_file(folder / "special_tokens_map.json", limits.max_file_bytes);
     t.configure_special_tokens(config, special_map, (folder / "tokenizer_config.json").string());
+    std::filesystem::path template_file;
     if (const auto jinja = folder / "chat_template.jinja"; std::filesystem::exists(jinja)) {
-      t.chat_template_ = read_text(jinja);
+      template_file = jinja;
+      t.chat_template_ = read_text_file(jinja, limits.max_file_bytes);
     } else if (const auto* tmpl = detail::find_member(config, "chat_template")) {
-      t.chat_template_ = parse_chat_template_field(*tmpl, (folder / "tokenizer_config.json").string());
+      template_file = folder / "tokenizer_config.json";
+      t.chat_template_ = parse_chat_template_field(*tmpl, template_file.string());
+    }
+    if (t.chat_template_ && t.chat_template_->size() > limits.max_chat_template_bytes) {
+      throw FileError(template_file.string(), "the chat template has " + std::to_string(t.chat_template_->size()) +
+                                                  " bytes, more than the limit of " +
+                                                  std::to_string(limits.max_chat_template_bytes));
     }
     if (std::filesystem::exists(folder / "generation_config.json")) {
-      const auto gen = read_json(folder / "generation_config.json");
+      const auto gen = read_json_file(folder / "generation_config.json", limits.max_file_bytes);
       if (const auto* eos = detail::find_member(gen, "eos_token_id")) {
         t.special_.generation_eos_ids.clear();
         const auto add = [&](const nlohmann::json& v) {
@@ -177,7 +194,9 @@ class Tokenizer {
   }
 
   // tokenizer.json alone (no special-token roles except what its added tokens say).
-  static Tokenizer from_file(const std::filesystem::path& path) { return from_json(read_json(path), path.string()); }
+  static Tokenizer from_file(const std::filesystem::path& path, std::uintmax_t max_file_bytes = kMaxTokenizerFileBytes) {
+    return from_json(read_json_file(path, max_file_bytes), path.string());
+  }
 
   // A parsed tokenizer.json; `source` names it in error messages.
   static Tokenizer from_json(const nlohmann::json& j, const std::string& source = "tokenizer.json") {
@@ -344,8 +363,6 @@ class Tokenizer {
     std::array<Shard, kShards> shards;
   };
 
-  static nlohmann::json read_json(const std::filesystem::path& path) { return read_json_file(path, kMaxTokenizerFileBytes); }
-  static std::string read_text(const std::filesystem::path& path) { return read_text_file(path, kMaxTokenizerFileBytes); }
   static std::string parse_chat_template_field(const nlohmann::json& field, const std::string& source) {
     if (field.is_string()) return field.get<std::string>();
     if (field.is_array()) {  // named templates: [{"name": "default", "template": "..."}, ...]

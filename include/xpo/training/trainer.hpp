@@ -131,7 +131,12 @@ class Trainer {
     static_assert((training::Callback<Callbacks, Trainer> && ...),
                   "every argument of Trainer::train must be a callback: a type with on_train_begin, on_step_end, "
                   "on_log, on_save or on_train_end (see training/callbacks.hpp)");
-    std::filesystem::create_directories(config_.output_dir);
+    {
+      std::error_code ec;
+      std::filesystem::create_directories(config_.output_dir, ec);
+      if (ec || !std::filesystem::is_directory(config_.output_dir))
+        throw FileError(config_.output_dir, "cannot create the output folder" + (ec ? ": " + ec.message() : std::string()));
+    }
     stop_requested_ = stopped_early_ = false;
     (call_train_begin(callbacks), ...);
     while (state_.global_step < state_.max_steps && !stop_requested_) {
@@ -265,7 +270,8 @@ class Trainer {
   // ---- checkpoints ----------------------------------------------------------------------------------------------
   // output_dir/checkpoint-N: the model (HF folder; under LoRA the PEFT adapter), the tokenizer files, optimizer
   // state, RNG states and trainer_state.json. Written to a temporary folder and renamed, so an interrupted save
-  // never becomes the latest checkpoint.
+  // never becomes the latest checkpoint; a failed one (disk full, folder unwritable) is an xpo::FileError that
+  // leaves every earlier checkpoint as it was.
   std::filesystem::path save_checkpoint() {
     const std::filesystem::path out(config_.output_dir);
     const auto folder = training::checkpoint_folder(out, state_.global_step);
@@ -284,20 +290,33 @@ class Trainer {
       auto state_json = state_.to_json();
       state_json["config"] = config_.to_json();
       write_json_file(tmp / "trainer_state.json", state_json);
-    } catch (...) {
+    } catch (const std::exception& e) {
       std::filesystem::remove_all(tmp, ec);
-      throw;
+      std::string what = e.what();
+      what = what.substr(0, what.find('\n'));  // LibTorch's errors carry a backtrace after the first line
+      throw FileError(folder.string(), "saving the checkpoint failed (earlier checkpoints are untouched): " + what);
     }
-    if (std::filesystem::exists(folder)) {
+    const auto fail_move = [&](const std::error_code& why) {
+      std::error_code ignored;
+      std::filesystem::remove_all(tmp, ignored);
+      throw FileError(folder.string(), "cannot move the checkpoint into place (earlier checkpoints are untouched): " + why.message());
+    };
+    if (std::filesystem::exists(folder)) {  // the same step saved again (e.g. a stop right after a save)
       const auto old = out / (".old-" + folder.filename().string());
       std::filesystem::remove_all(old, ec);
       std::filesystem::rename(folder, old, ec);
+      if (ec) fail_move(ec);
       std::filesystem::rename(tmp, folder, ec);
+      if (ec) {
+        std::error_code ignored;
+        std::filesystem::rename(old, folder, ignored);  // put the previous version back
+        fail_move(ec);
+      }
       std::filesystem::remove_all(old, ec);
     } else {
       std::filesystem::rename(tmp, folder, ec);
+      if (ec) fail_move(ec);
     }
-    if (ec) throw FileError(folder.string(), "cannot move the checkpoint into place: " + ec.message());
     training::rotate_checkpoints(out, config_.save_total_limit);
     return folder;
   }
