@@ -84,25 +84,9 @@ inline void write_jsonl(const std::filesystem::path& path, const xpo::io::Prompt
   xpo::write_text_file_atomic(path, text);
 }
 
-// tokenizer.json: byte-level BPE without merges: ids 0..255 are the bytes (GPT-2's printable alphabet), then
-// the three ChatML specials.
+// tokenizer.json: byte-level BPE without merges (ids 0..255 are the bytes), then the three ChatML specials.
 inline ordered_json tokenizer_json() {
-  const auto& alphabet = xpo::text::ByteAlphabet::get();
-  ordered_json vocab = ordered_json::object();
-  for (int b = 0; b < 256; ++b) vocab[alphabet.utf8_of_byte[static_cast<std::size_t>(b)]] = b;
-  ordered_json added = ordered_json::array();
-  const std::array<std::string_view, 3> specials = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
-  for (std::size_t i = 0; i < specials.size(); ++i) {
-    vocab[std::string(specials[i])] = 256 + static_cast<int>(i);
-    added.push_back({{"id", 256 + static_cast<int>(i)}, {"content", specials[i]}, {"single_word", false}, {"lstrip", false},
-                     {"rstrip", false}, {"normalized", false}, {"special", true}});
-  }
-  const ordered_json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
-  return {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added}, {"normalizer", nullptr},
-          {"pre_tokenizer", byte_level}, {"post_processor", byte_level}, {"decoder", byte_level},
-          {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
-                     {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
-                     {"vocab", vocab}, {"merges", ordered_json::array()}}}};
+  return xpo::text::byte_level_tokenizer_json({"<|endoftext|>", "<|im_start|>", "<|im_end|>"});
 }
 
 inline ordered_json model_config_json() {

@@ -2,6 +2,7 @@
 // xpo::Trainer<Model, Scorer, Loss, Schedule> composes four policies whose concepts are in core/concepts.hpp.
 #pragma once
 
+#include "xpo/bandit/bandit.hpp"
 #include "xpo/core/compat.hpp"
 #include "xpo/core/concepts.hpp"
 #include "xpo/core/config.hpp"
@@ -41,6 +42,7 @@
 #include "xpo/scoring/preference.hpp"
 #include "xpo/scoring/reward_model.hpp"
 #include "xpo/scoring/rules.hpp"
+#include "xpo/text/byte_tokenizer.hpp"
 #include "xpo/text/chat.hpp"
 #include "xpo/text/jinja/parser.hpp"
 #include "xpo/text/jinja/template.hpp"

@@ -321,6 +321,15 @@ class Tokenizer {
 
   // Sets a chat template given directly (e.g. TRL's SIMPLE_CHAT_TEMPLATE for a base model).
   void set_chat_template(std::string source) { chat_template_ = std::move(source); }
+  // Sets the EOS token, which also becomes the only generation stop id (as tokenizer_config.json's eos_token
+  // does when there is no generation_config.json).
+  void set_eos_token(const std::string& token) {
+    const auto id = token_to_id(token);
+    if (!id) throw Error("set_eos_token: \"" + token + "\" is not a token of this tokenizer");
+    special_.eos_token = token;
+    special_.eos_id = *id;
+    special_.generation_eos_ids = {*id};
+  }
   // Sets the pad token (TRL's fallback when a tokenizer has none: the EOS token).
   void set_pad_token(const std::string& token) {
     const auto id = token_to_id(token);
