@@ -19,7 +19,7 @@ version=$(awk '/#define TORCH_VERSION_(MAJOR|MINOR|PATCH) /{v = v (v ? "." : "")
 flags="-isystem $root/torch/csrc/api/include"
 [ "$(realpath "$root")" = /usr/include ] || flags="-isystem $root $flags"
 flags="$flags -isystem /usr/include/eigen3 -I$repo/include -I$repo/tests -I$repo/benchmarks"
-flags="$flags -DXPO_DEFAULT_FIXTURES_DIR=\"\" -DXPO_TRAIN_EXE=\"\" -DXPO_CHAT_EXE=\"\" -std=c++20 -fsyntax-only -Wall -Wextra -Wpedantic -Wshadow -Werror"
+flags="$flags -DUSE_C10D_GLOO -DXPO_DEFAULT_FIXTURES_DIR=\"\" -DXPO_TRAIN_EXE=\"\" -DXPO_CHAT_EXE=\"\" -std=c++20 -fsyntax-only -Wall -Wextra -Wpedantic -Wshadow -Werror"
 
 list="$work/units.txt"
 : > "$list"

@@ -19,6 +19,10 @@
 #include <string>
 #include <vector>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "embedded_default.hpp"
@@ -52,6 +56,9 @@ struct ScriptArgs {
   std::int64_t max_dataset_line_bytes = static_cast<std::int64_t>(xpo::io::PromptDatasetOptions{}.max_line_bytes);
   std::int64_t max_tokenizer_file_bytes = static_cast<std::int64_t>(xpo::text::TokenizerLimits{}.max_file_bytes);
   std::int64_t max_chat_template_bytes = static_cast<std::int64_t>(xpo::text::TokenizerLimits{}.max_chat_template_bytes);
+  // data parallel
+  std::int64_t nproc = 1;
+  double dist_timeout = 1800;
 
   [[nodiscard]] xpo::text::TokenizerLimits tokenizer_limits() const {
     return {.max_file_bytes = static_cast<std::uintmax_t>(max_tokenizer_file_bytes),
@@ -79,6 +86,9 @@ void apply_embedded_defaults(ScriptArgs& args, xpo::XPOConfig& c) {
   c.seed = 42;
   args.num_eval_samples = 4;
 }
+
+// This process's place in a data-parallel job (World::single() without a launcher).
+xpo::distributed::World g_world = xpo::distributed::World::single();
 
 volatile std::sig_atomic_t g_interrupted = 0;
 extern "C" void on_interrupt(int) {
@@ -175,6 +185,8 @@ std::vector<std::string> check(const ScriptArgs& a, const xpo::XPOConfig& c, boo
   for (const auto& r : a.report_to)
     if (r != "jsonl" && r != "tensorboard" && r != "none" && r != "all") p.push_back("--report_to " + r + ": expected tensorboard, jsonl, all or none");
   if (a.log_completions_steps < 0) p.push_back("--log_completions_steps: must be >= 0");
+  if (a.nproc < 1 || a.nproc > 1024) p.push_back("--nproc: must be in [1, 1024]");
+  if (!(a.dist_timeout > 0)) p.push_back("--dist_timeout: must be > 0 seconds");
   for (const auto& [flag, value] : {std::pair{"max_dataset_line_bytes", a.max_dataset_line_bytes},
                                     {"max_tokenizer_file_bytes", a.max_tokenizer_file_bytes},
                                     {"max_chat_template_bytes", a.max_chat_template_bytes}})
@@ -241,7 +253,8 @@ int run(Trainer& trainer, const ScriptArgs& args, bool judge) {
     trainer.resume_from_checkpoint(args.resume_from_checkpoint);
     std::fprintf(stderr, "xpo-train: resumed at step %lld\n", static_cast<long long>(trainer.state().global_step));
   }
-  const auto& eval = trainer.eval_dataset();
+  const bool main_rank = trainer.world().is_main();
+  const auto& eval = main_rank ? trainer.eval_dataset() : xpo::PromptDataset{};  // rank 0 evaluates
   const char* score_name = judge ? "win rate vs reference" : "mean score";
   std::optional<double> before;
   if (!eval.empty() && trainer.state().global_step == 0) {
@@ -249,10 +262,11 @@ int run(Trainer& trainer, const ScriptArgs& args, bool judge) {
     std::fprintf(stderr, "xpo-train: %s on %zu held-out prompts x %lld samples before training: %.3f\n", score_name,
                  eval.size(), static_cast<long long>(args.num_eval_samples), *before);
   }
-  Reporters reporters;
-  if (wants(args, "jsonl")) reporters.jsonl.emplace();
-  if (wants(args, "tensorboard")) reporters.tensorboard.emplace();
-  xpo::training::ProgressBar progress;
+  Reporters reporters;  // only rank 0 writes logs
+  if (main_rank && wants(args, "jsonl")) reporters.jsonl.emplace();
+  if (main_rank && wants(args, "tensorboard")) reporters.tensorboard.emplace();
+  std::FILE* quiet = main_rank ? nullptr : std::fopen("/dev/null", "w");
+  xpo::training::ProgressBar progress(main_rank || quiet == nullptr ? stderr : quiet);
   StopOnSignal stop;
   SaveNotes saves;
   if (args.log_completions_steps > 0 && !eval.empty()) {
@@ -268,6 +282,7 @@ int run(Trainer& trainer, const ScriptArgs& args, bool judge) {
                    saves.last.string().c_str());
     return 130;
   }
+  if (!main_rank) return 0;
   std::fprintf(stderr, "xpo-train: model saved to %s (open it with: xpo-chat --model_name_or_path %s)\n",
                config.output_dir.c_str(), config.output_dir.c_str());
   if (eval.empty()) return 0;
@@ -298,6 +313,7 @@ int build_and_run(xpo::models::CausalLM policy, Scorer scorer, xpo::text::Tokeni
                   xpo::PromptDataset train, xpo::PromptDataset eval, const ScriptArgs& args) {
   xpo::Trainer<xpo::models::CausalLM, Scorer, Loss> trainer(std::move(policy), std::nullopt, std::move(scorer), std::move(tokenizer),
                                                            config, std::move(train), std::move(eval));
+  trainer.distribute(g_world);
   return run(trainer, args, xpo::PairwiseJudge<Scorer>);
 }
 
@@ -319,6 +335,86 @@ std::optional<xpo::text::Tokenizer> own_tokenizer(const fs::path& reward_model, 
           xpo::read_text_file(policy / "tokenizer.json", limits.max_file_bytes))
     return std::nullopt;
   return xpo::text::Tokenizer::from_pretrained(reward_model, limits);
+}
+
+// --nproc N without a launcher: runs this same command as N local processes (ranks 0..N-1, RANK/WORLD_SIZE/
+// LOCAL_RANK/MASTER_ADDR/MASTER_PORT set as torchrun would) and waits for them. Ctrl-C is forwarded. When a rank
+// fails, the launcher names it and stops the others; its exit status is the first failure's (130 after Ctrl-C).
+int launch_local(int argc, char** argv, std::int64_t nproc) {
+  int port = 0;
+  {  // a free port for the rendezvous
+    const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (s < 0 || ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      throw xpo::Error(std::string("--nproc: cannot find a free local port: ") + std::strerror(errno));
+    port = ntohs(a.sin_port);
+    ::close(s);
+  }
+  std::vector<pid_t> pids;
+  for (std::int64_t r = 0; r < nproc; ++r) {
+    const pid_t pid = ::fork();
+    if (pid < 0) throw xpo::Error(std::string("--nproc: fork failed: ") + std::strerror(errno));
+    if (pid == 0) {
+      ::setenv("RANK", std::to_string(r).c_str(), 1);
+      ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
+      ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+      ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      std::signal(SIGINT, SIG_DFL);
+      std::signal(SIGTERM, SIG_DFL);
+      std::vector<char*> args(argv, argv + argc);
+      args.push_back(nullptr);
+      ::execv("/proc/self/exe", args.data());
+      std::fprintf(stderr, "xpo-train: cannot start rank %lld: %s\n", static_cast<long long>(r), std::strerror(errno));
+      ::_exit(127);
+    }
+    pids.push_back(pid);
+  }
+  std::string list;
+  for (const auto p : pids) {
+    if (!list.empty()) list += ' ';
+    list += std::to_string(p);
+  }
+  std::fprintf(stderr, "xpo-train: started %lld ranks (pids %s) on 127.0.0.1:%d\n", static_cast<long long>(nproc), list.c_str(), port);
+  int result = 0;
+  bool forwarded = false;
+  std::size_t running = pids.size();
+  while (running > 0) {
+    if (g_interrupted && !forwarded) {  // Ctrl-C: every rank stops after its current step and saves
+      for (const auto p : pids)
+        if (p > 0) ::kill(p, SIGINT);
+      forwarded = true;
+    }
+    int status = 0;
+    const pid_t done = ::waitpid(-1, &status, WNOHANG);
+    if (done <= 0) {
+      ::usleep(50'000);
+      continue;
+    }
+    const auto it = std::find(pids.begin(), pids.end(), done);
+    if (it == pids.end()) continue;
+    const auto rank = it - pids.begin();
+    *it = -1;
+    --running;
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (code != 0 && result == 0) {
+      result = code;
+      if (code != 130) {
+        if (WIFSIGNALED(status))
+          std::fprintf(stderr, "xpo-train: rank %lld (pid %d) was killed by signal %d; stopping the other ranks\n",
+                       static_cast<long long>(rank), static_cast<int>(done), WTERMSIG(status));
+        else
+          std::fprintf(stderr, "xpo-train: rank %lld (pid %d) failed with exit status %d; stopping the other ranks\n",
+                       static_cast<long long>(rank), static_cast<int>(done), code);
+        for (const auto p : pids)
+          if (p > 0) ::kill(p, SIGKILL);  // their collectives cannot complete without the lost rank
+      }
+    }
+  }
+  return result;
 }
 
 int main_impl(int argc, char** argv) {
@@ -354,6 +450,8 @@ int main_impl(int argc, char** argv) {
   flags.add("resume_from_checkpoint", args.resume_from_checkpoint, "\"latest\" or a checkpoint folder of this output_dir");
   flags.add("report_to", args.report_to, "where metrics go: jsonl (metrics.jsonl), tensorboard (runs/), all, none");
   flags.add("bf16", args.bf16, "train in bfloat16 (same as --dtype bfloat16)");
+  flags.add("nproc", args.nproc, "train data-parallel in N local processes (CPU: Gloo); ignored under a launcher that sets WORLD_SIZE");
+  flags.add("dist_timeout", args.dist_timeout, "seconds a rank waits for the others (joining, each collective) before failing");
   flags.add("max_dataset_line_bytes", args.max_dataset_line_bytes, "refuse a JSONL line longer than this");
   flags.add("max_tokenizer_file_bytes", args.max_tokenizer_file_bytes, "refuse a tokenizer file (tokenizer.json, ...) larger than this");
   flags.add("max_chat_template_bytes", args.max_chat_template_bytes, "refuse a chat template larger than this");
@@ -375,11 +473,23 @@ int main_impl(int argc, char** argv) {
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
 
+  const auto launch = xpo::distributed::LaunchEnvironment::from_environment();
+  if (!launch && args.nproc > 1) return launch_local(argc, argv, args.nproc);
+  if (launch) {
+    g_world = xpo::distributed::World::join(*launch, xpo::torch_device(config),
+                                            std::chrono::milliseconds(static_cast<std::int64_t>(args.dist_timeout * 1000)));
+    if (!g_world.is_main()) std::freopen("/dev/null", "w", stdout);  // one results table, from rank 0
+    std::fprintf(stderr, "xpo-train: rank %d of %d joined\n", g_world.rank(), g_world.size());
+  }
+
   // Data first: a malformed line stops the run before a model is loaded or anything is written.
   const fs::path out(config.output_dir);
-  if (embedded && args.dataset_name.empty()) {  // the shipped prompt set
-    xpo_examples::embedded::write_jsonl(out / "prompts" / "train.jsonl", xpo_examples::embedded::prompt_rows(xpo_examples::embedded::kTrainTopics));
-    xpo_examples::embedded::write_jsonl(out / "prompts" / "eval.jsonl", xpo_examples::embedded::prompt_rows(xpo_examples::embedded::kEvalTopics));
+  if (embedded && args.dataset_name.empty()) {  // the shipped prompt set (written by rank 0)
+    if (g_world.is_main()) {
+      xpo_examples::embedded::write_jsonl(out / "prompts" / "train.jsonl", xpo_examples::embedded::prompt_rows(xpo_examples::embedded::kTrainTopics));
+      xpo_examples::embedded::write_jsonl(out / "prompts" / "eval.jsonl", xpo_examples::embedded::prompt_rows(xpo_examples::embedded::kEvalTopics));
+    }
+    g_world.barrier("waiting for rank 0 to write the prompt set");
     args.dataset_name = (out / "prompts" / "train.jsonl").string();
     if (args.eval_fraction == 0 && args.eval_dataset.empty()) args.eval_dataset = (out / "prompts" / "eval.jsonl").string();
   }
@@ -392,10 +502,13 @@ int main_impl(int argc, char** argv) {
   if (!args.eval_dataset.empty()) eval = xpo::io::load_prompt_dataset(args.eval_dataset, data_options).rows;
   else if (args.eval_fraction > 0) std::tie(train, eval) = xpo::io::split_eval(train, args.eval_fraction, static_cast<std::uint64_t>(config.seed));
   std::fprintf(stderr, "xpo-train: %zu training prompts, %zu held-out\n", train.size(), eval.size());
-  if (embedded) {  // the embedded default policy, built once per output_dir
+  if (embedded) {  // the embedded default policy, built once per output_dir (by rank 0)
     const auto base = out / "base-model";
-    if (!fs::exists(base / "model.safetensors")) xpo_examples::embedded::build(base);
-    else std::fprintf(stderr, "embedded default: reusing %s\n", base.string().c_str());
+    if (g_world.is_main()) {
+      if (!fs::exists(base / "model.safetensors")) xpo_examples::embedded::build(base);
+      else std::fprintf(stderr, "embedded default: reusing %s\n", base.string().c_str());
+    }
+    g_world.barrier("waiting for rank 0 to build the embedded default");
     args.model_name_or_path = base.string();
   }
 

@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache git   # toolchain
   libtorch-dev libopenblas0-pthread              # LibTorch 1.13 (CPU) + a fast BLAS for it (~40x the reference one)
+  libgloo-dev                                    # Gloo headers: c10d's ProcessGroupGloo (multi-process training)
   libeigen3-dev nlohmann-json3-dev               # small dense math, JSON
   pkg-config libpcre2-dev libutf8proc-dev        # tokenizer: Unicode regexes (PCRE2 JIT), normalization
   libgtest-dev libgmock-dev libbenchmark-dev     # tests and benchmarks

@@ -1,11 +1,12 @@
 // The command line end to end, as a user runs it: xpo-train on the tiny fixture models (reward model, judge,
 // rule judge with IPO, conversational prompts, LoRA, resume, Ctrl-C), the offline quick start on the embedded
 // default, xpo-chat (--prompt and stdin), bad input (one clear message, a non-zero exit, nothing written over),
-// and faults: kill -9 during saves, a disk that fills up during a save.
+// faults (kill -9 during saves, a disk that fills up during a save), and data-parallel runs (--nproc, a lost rank).
 #include <xpo/xpo.hpp>
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <csignal>
 #include <fstream>
 #include <map>
@@ -121,8 +122,8 @@ TEST_F(CliTest, JudgeWithConversationalPromptsAndLoRA) {
   EXPECT_FALSE(lines[1].contains("objective/model_scores")) << "a judge gives no scores";
   EXPECT_FALSE(fs::exists(out / "runs")) << "--report_to jsonl writes no TensorBoard files";
   EXPECT_TRUE(fs::exists(out / "checkpoint-2" / "adapter_config.json")) << "a LoRA checkpoint holds the adapter";
-  const auto merged = xpo::models::load_causal_lm(out);  // the final model has the adapters merged
   const auto base = xpo::models::load_causal_lm(tiny_policy());
+  const auto merged = xpo::models::load_causal_lm(out);  // the final model has the adapters merged
   bool changed = false;
   for (const auto& p : base->named_parameters())
     if (!torch::equal(p.value(), merged->named_parameters()[p.key()])) changed = true;
@@ -346,6 +347,124 @@ TEST_F(CliTest, BadInputIsOneClearMessageAndWritesNothing) {
                            "--learning_rate", "--missing_eos_penalty", "--beta", "--alpha", "--loss_type"}) {
     EXPECT_CONTAINS(help.out, flag);
   }
+}
+
+// Data parallel (c10d, Gloo): 2 ranks with per-device batch 2 end with the same weights and the same logged
+// metrics as 1 rank with batch 4 fed the same prompts (every global batch is the same 4 prompts: the epoch order
+// is shared and each rank takes its half). The samples are made identical by greedy decoding (--temperature 0):
+// with sampling, rank r draws from its own stream (seed + r * 1000003), so the two runs' samples would differ by
+// design. Then the 2-rank run resumes from its checkpoint with the same world size.
+TEST_F(CliTest, TwoRanksMatchOneRankWithTheGlobalBatchAndResume) {
+  const auto prompts = write_prompts("p.jsonl", 12, false);
+  const auto common = [&](const fs::path& out, const std::string& batch) {
+    auto a = tiny_run(prompts, out);
+    set_flag(a, "--per_device_train_batch_size", batch);
+    set_flag(a, "--max_steps", "3");
+    set_flag(a, "--save_steps", "3");
+    a.insert(a.end(), {"--reward_rule", "positivity", "--temperature", "0", "--alpha", "0.1", "--dist_timeout", "60"});
+    return a;
+  };
+  const auto one = train(common(dir_ / "one", "4"));
+  ASSERT_EQ(one.status, 0) << one.err;
+  auto two_args = common(dir_ / "two", "2");
+  two_args.insert(two_args.end(), {"--nproc", "2"});
+  const auto two = train(two_args);
+  ASSERT_EQ(two.status, 0) << two.err;
+  EXPECT_CONTAINS(two.err, "started 2 ranks");
+  const auto a = xpo::io::SafetensorsFile::open(dir_ / "one" / "model.safetensors");
+  const auto b = xpo::io::SafetensorsFile::open(dir_ / "two" / "model.safetensors");
+  ASSERT_EQ(a.entries().size(), b.entries().size());
+  // The gradients differ only by float32 summation order (all-reduce vs one batch). AdamW divides by sqrt(v), so a
+  // weight whose gradient is ~0 can move by a fraction of lr (1e-3) on rounding alone: the worst weight may differ
+  // by up to 1e-4 (a tenth of one step), the typical one must agree to 1e-7.
+  double worst = 0, total = 0;
+  std::int64_t count = 0;
+  for (const auto& e : a.entries()) {
+    const auto d = (a.load(e.name) - b.load(e.name)).abs();
+    worst = std::max(worst, d.max().item<double>());
+    total += d.sum().item<double>();
+    count += d.numel();
+  }
+  EXPECT_LT(worst, 1e-4);
+  EXPECT_LT(total / static_cast<double>(count), 1e-7);
+  const auto moved = (xpo::io::SafetensorsFile::open(fs::path(tiny_policy()) / "model.safetensors").load(a.entries().front().name) -
+                      a.load(a.entries().front().name)).abs().max().item<double>();
+  EXPECT_GT(moved, 1e-4) << "the runs must have trained for the comparison to mean anything";
+  const auto m1 = metrics(dir_ / "one"), m2 = metrics(dir_ / "two");
+  ASSERT_EQ(m1.size(), 3u);
+  ASSERT_EQ(m2.size(), 3u) << "only rank 0 writes the log";
+  for (std::size_t i = 0; i < 3; ++i)
+    for (const char* key : {"loss", "loss/xpo", "rewards/margins", "objective/kl", "grad_norm"})
+      EXPECT_NEAR(m2[i][key].get<double>(), m1[i][key].get<double>(), 1e-5 * (1 + std::abs(m1[i][key].get<double>()))) << key << " at step " << i + 1;
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_ / "two" / "runs"), fs::directory_iterator{}), 1) << "one TensorBoard file";
+  auto resume = two_args;
+  set_flag(resume, "--max_steps", "4");
+  resume.insert(resume.end(), {"--resume_from_checkpoint", "latest"});
+  const auto again = train(resume);
+  ASSERT_EQ(again.status, 0) << again.err;
+  EXPECT_CONTAINS(again.err, "resumed at step 3");
+  EXPECT_EQ(metrics(dir_ / "two").size(), 4u);
+}
+
+// A rank that dies ends the job: under --nproc the launcher names the lost rank and stops the others; under a
+// launcher of the user's (torchrun's environment variables), the surviving rank fails its next collective with
+// an error instead of waiting, well within --dist_timeout.
+TEST_F(CliTest, ALostRankEndsTheJobWithAClearError) {
+  const auto out = dir_ / "lost";
+  auto args = tiny_run(write_prompts("p.jsonl", 8, false), out);
+  set_flag(args, "--max_steps", "100000");
+  set_flag(args, "--save_steps", "100000");
+  set_flag(args, "--per_device_train_batch_size", "1");
+  args.insert(args.end(), {"--reward_rule", "positivity", "--nproc", "2", "--dist_timeout", "30"});
+  const auto children = [](pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+    std::vector<pid_t> pids;
+    for (pid_t p; in >> p;) pids.push_back(p);
+    return pids;
+  };
+  auto start = std::chrono::steady_clock::now();
+  const auto r = train(args, [&](pid_t pid) {
+    EXPECT_TRUE(xpo::test::wait_until([&] { return fs::exists(out / "metrics.jsonl") && fs::file_size(out / "metrics.jsonl") > 0; },
+                                      std::chrono::seconds(120)));
+    const auto ranks = children(pid);
+    ASSERT_EQ(ranks.size(), 2u);
+    start = std::chrono::steady_clock::now();
+    ::kill(ranks[1], SIGKILL);
+  });
+  EXPECT_NE(r.status, 0);
+  EXPECT_CONTAINS(r.err, "rank 1 (pid ");
+  EXPECT_CONTAINS(r.err, "was killed by signal 9; stopping the other ranks");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
+
+  // torchrun-style: each rank started with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; kill rank 1 mid-run.
+  auto direct = args;
+  direct.resize(direct.size() - 4);  // no --nproc
+  direct.insert(direct.end(), {"--dist_timeout", "30"});
+  set_flag(direct, "--output_dir", (dir_ / "direct").string());
+  const auto env = [](int rank) {
+    return [rank] {
+      ::setenv("RANK", std::to_string(rank).c_str(), 1);
+      ::setenv("WORLD_SIZE", "2", 1);
+      ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+      ::setenv("MASTER_PORT", "29617", 1);
+    };
+  };
+  direct.insert(direct.begin(), XPO_TRAIN_EXE);
+  std::atomic<pid_t> rank1{-1};
+  std::thread second([&] {
+    (void)xpo::test::run_process(direct, dir_, "", [&](pid_t pid) { rank1 = pid; }, env(1));
+  });
+  const auto r0 = xpo::test::run_process(direct, dir_, "", [&](pid_t) {
+    EXPECT_TRUE(xpo::test::wait_until([&] { return fs::exists(dir_ / "direct" / "metrics.jsonl") && fs::file_size(dir_ / "direct" / "metrics.jsonl") > 0; },
+                                      std::chrono::seconds(120)));
+    start = std::chrono::steady_clock::now();
+    ::kill(rank1, SIGKILL);
+  }, env(0));
+  second.join();
+  EXPECT_NE(r0.status, 0);
+  EXPECT_CONTAINS(r0.err, "rank 0 of 2: ");
+  EXPECT_CONTAINS(r0.err, "failed (another rank died, hung or cannot be reached");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
 }
 
 // --temperature 0 answers greedily: exactly what the library's greedy decoding of the chat-formatted prompt gives.

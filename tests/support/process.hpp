@@ -2,6 +2,7 @@
 // stderr through files (no pipe deadlocks) and returning its exit status.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -38,7 +39,7 @@ inline std::string slurp(const std::filesystem::path& p) {
 inline ProcessResult run_process(const std::vector<std::string>& argv, const std::filesystem::path& scratch,
                                  const std::string& stdin_text = "", const std::function<void(pid_t)>& while_running = {},
                                  const std::function<void()>& in_child = {}) {
-  static int counter = 0;
+  static std::atomic<int> counter{0};  // callers may run processes from several threads
   const auto base = scratch / ("proc-" + std::to_string(counter++));
   const auto in_path = base.string() + ".in", out_path = base.string() + ".out", err_path = base.string() + ".err";
   std::ofstream(in_path, std::ios::binary) << stdin_text;

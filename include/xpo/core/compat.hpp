@@ -23,7 +23,20 @@
 #define XPO_HAS_FUSED_SDPA 0
 #endif
 
+// c10d (distributed/world.hpp): the concrete process groups (ProcessGroupGloo, ProcessGroupNCCL) derive from
+// c10d::ProcessGroup in LibTorch 1.x and from c10d::Backend in 2.x; a World holds one through this base.
+namespace c10d {
+class ProcessGroup;
+class Backend;
+}  // namespace c10d
+
 namespace xpo::compat {
+
+#if XPO_TORCH_VERSION_AT_LEAST(2, 0)
+using CollectiveGroup = c10d::Backend;
+#else
+using CollectiveGroup = c10d::ProcessGroup;
+#endif
 
 inline constexpr int torch_major = TORCH_VERSION_MAJOR;
 inline constexpr int torch_minor = TORCH_VERSION_MINOR;

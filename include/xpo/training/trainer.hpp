@@ -35,6 +35,7 @@
 #include "xpo/core/json_file.hpp"
 #include "xpo/core/tensor_ops.hpp"
 #include "xpo/core/types.hpp"
+#include "xpo/distributed/world.hpp"
 #include "xpo/generation/generate.hpp"
 #include "xpo/io/prompt_dataset.hpp"
 #include "xpo/io/safetensors.hpp"
@@ -106,12 +107,7 @@ class Trainer {
     eval_ = prepare(eval_dataset, "eval_dataset");
     eval_rows_ = std::move(eval_dataset);
     if (train_.empty()) throw ConfigError("train_dataset is empty");
-    state_.micro_batches_per_epoch = micro_batches_per_epoch();
-    state_.max_steps = config_.max_steps > 0
-                           ? config_.max_steps
-                           : std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(
-                                                           config_.num_train_epochs * static_cast<double>(state_.micro_batches_per_epoch) /
-                                                           static_cast<double>(config_.gradient_accumulation_steps))));
+    plan_steps();
     params_ = trainable_parameters();
     if (params_.empty()) throw ConfigError("the policy has no trainable parameters");
     optimizer_ = std::make_unique<torch::optim::AdamW>(
@@ -131,7 +127,7 @@ class Trainer {
     static_assert((training::Callback<Callbacks, Trainer> && ...),
                   "every argument of Trainer::train must be a callback: a type with on_train_begin, on_step_end, "
                   "on_log, on_save or on_train_end (see training/callbacks.hpp)");
-    {
+    if (world_.is_main()) {
       std::error_code ec;
       std::filesystem::create_directories(config_.output_dir, ec);
       if (ec || !std::filesystem::is_directory(config_.output_dir))
@@ -142,15 +138,16 @@ class Trainer {
     while (state_.global_step < state_.max_steps && !stop_requested_) {
       optimizer_step();
       (call_step_end(callbacks), ...);
+      if (world_.size() > 1) stop_requested_ = world_.sum(stop_requested_ ? 1.0 : 0.0, "agreeing on a stop") > 0;
       const bool last = state_.global_step == state_.max_steps;
       if (state_.global_step % config_.logging_steps == 0 || last || stop_requested_) {
         const auto metrics = flush_metrics();
         state_.log_history.push_back(training::log_line(state_.global_step, metrics));
-        (call_log(callbacks, metrics), ...);
+        if (world_.is_main()) (call_log(callbacks, metrics), ...);
       }
       if (state_.global_step % config_.save_steps == 0 || (stop_requested_ && !last)) {
         const auto folder = save_checkpoint();
-        (call_save(callbacks, folder), ...);
+        if (world_.is_main()) (call_save(callbacks, folder), ...);
       }
     }
     // A stop asked before the first step (in on_train_begin) has nothing new to save.
@@ -164,6 +161,22 @@ class Trainer {
   void request_stop() noexcept { stop_requested_ = true; }
   // Whether the last train() returned before max_steps because of request_stop().
   [[nodiscard]] bool stopped_early() const noexcept { return stopped_early_; }
+
+  // Data-parallel training in `world` (distributed/world.hpp); call it on every rank before train() or
+  // resume_from_checkpoint(). The policy's parameters are broadcast from rank 0; each optimizer step's global
+  // batch is per_device_train_batch_size x world size prompts, split evenly over the ranks (the epoch's order is
+  // the same on every rank; a short last batch wraps to the epoch's first prompts so no rank is idle); rank r > 0
+  // samples from its own streams (seed + r * 1000003); gradients are averaged over ranks before clipping;
+  // logged metrics are averaged over ranks (tokens_per_second is the job's total); only rank 0 calls on_log and
+  // on_save and writes checkpoints and the final model, the others wait for it.
+  void distribute(distributed::World world) {
+    world_ = std::move(world);
+    plan_steps();
+    std::vector<torch::Tensor> all = unwrap(policy_).parameters();
+    world_.broadcast(all);
+    if (world_.rank() > 0) reseed_rank_streams(0);
+  }
+  [[nodiscard]] const distributed::World& world() const noexcept { return world_; }
 
   // One optimizer step: gradient_accumulation_steps micro-batches, clipping, AdamW, the LR schedule.
   // A non-finite loss or gradient norm skips the update: the weights and AdamW's moments are left as they were,
@@ -181,6 +194,14 @@ class Trainer {
       const auto metrics = step(rows, weights);
       finite_loss = finite_loss && std::isfinite(metrics.at("loss"));
       ++state_.micro_step;
+    }
+    if (world_.size() > 1) {  // the mean over ranks of the mean over each rank's rows = the global batch's mean
+      std::vector<torch::Tensor> grads;
+      for (auto& p : params_) {
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+        grads.push_back(p.grad());
+      }
+      world_.all_reduce_mean(grads);
     }
     const auto t1 = Clock::now();
     const double lr = training::scheduled_learning_rate(config_, state_.global_step, state_.max_steps);
@@ -275,6 +296,16 @@ class Trainer {
   std::filesystem::path save_checkpoint() {
     const std::filesystem::path out(config_.output_dir);
     const auto folder = training::checkpoint_folder(out, state_.global_step);
+    if (!world_.is_main()) {
+      world_.barrier("waiting for rank 0 to save " + folder.string());
+      return folder;
+    }
+    const auto saved = write_checkpoint(out, folder);
+    world_.barrier("saving " + folder.string());
+    return saved;
+  }
+
+  std::filesystem::path write_checkpoint(const std::filesystem::path& out, const std::filesystem::path& folder) {
     const auto tmp = out / (".tmp-" + folder.filename().string());
     std::error_code ec;
     std::filesystem::remove_all(tmp, ec);
@@ -343,13 +374,17 @@ class Trainer {
     state.max_steps = state_.max_steps;  // the run's length comes from this run's config
     state_ = std::move(state);
     window_ = {};
+    if (world_.rank() > 0) reseed_rank_streams(static_cast<std::uint64_t>(state_.global_step));  // rank 0's were saved
   }
 
   // The trained model as a Hugging Face folder (LoRA merged) plus the tokenizer files.
   void save_model(const std::filesystem::path& folder) {
-    std::filesystem::create_directories(folder);
-    save_weights(folder, /*for_resume=*/false);
-    copy_tokenizer_files(folder);
+    if (world_.is_main()) {
+      std::filesystem::create_directories(folder);
+      save_weights(folder, /*for_resume=*/false);
+      copy_tokenizer_files(folder);
+    }
+    world_.barrier("saving the model to " + folder.string());
   }
 
   // ---- sampling for logs and evaluation ---------------------------------------------------------------------
@@ -427,10 +462,15 @@ class Trainer {
       order_epoch_ = epoch;
     }
     const auto& order = order_;
-    const auto b = static_cast<std::size_t>(config_.per_device_train_batch_size);
-    const auto begin = static_cast<std::size_t>(j) * b;
-    const auto end = std::min(order.size(), begin + b);
-    return {order.begin() + static_cast<std::ptrdiff_t>(begin), order.begin() + static_cast<std::ptrdiff_t>(end)};
+    const auto world = static_cast<std::size_t>(world_.size());
+    const auto global = static_cast<std::size_t>(config_.per_device_train_batch_size) * world;
+    const auto begin = static_cast<std::size_t>(j) * global;
+    auto size = std::min(order.size() - begin, global);
+    size = (size + world - 1) / world * world;  // a short last batch wraps around so every rank has rows
+    const auto share = size / world, first = begin + static_cast<std::size_t>(world_.rank()) * share;
+    std::vector<std::size_t> rows;
+    for (std::size_t i = first; i < first + share; ++i) rows.push_back(order[i % order.size()]);
+    return rows;
   }
 
  private:
@@ -472,6 +512,10 @@ class Trainer {
     m["time/forward_backward"] = window_.forward_backward_seconds / steps;
     m["time/optimizer"] = window_.optimizer_seconds / steps;
     window_ = {};
+    if (world_.size() > 1) {
+      m = world_.average(m);
+      m["tokens_per_second"] *= world_.size();  // the job's throughput
+    }
     return m;
   }
 
@@ -553,9 +597,25 @@ class Trainer {
     else pad_id_ = special.eos_id.value_or(eos_ids_.front());  // TRL: pad = eos when the tokenizer has none
   }
 
+  // The number of micro-batches per epoch and the run's length, from the dataset, the batch size and the world.
+  void plan_steps() {
+    state_.micro_batches_per_epoch = micro_batches_per_epoch();
+    state_.max_steps = config_.max_steps > 0
+                           ? config_.max_steps
+                           : std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(
+                                                           config_.num_train_epochs * static_cast<double>(state_.micro_batches_per_epoch) /
+                                                           static_cast<double>(config_.gradient_accumulation_steps))));
+  }
+
+  void reseed_rank_streams(std::uint64_t salt) {
+    const auto base = static_cast<std::uint64_t>(config_.seed) + static_cast<std::uint64_t>(world_.rank()) * 1000003ULL + salt * 7919ULL;
+    policy_gen_ = compat::make_generator(device_, base);
+    ref_gen_ = compat::make_generator(device_, base + 1);
+  }
+
   std::int64_t micro_batches_per_epoch() const {
     const auto n = static_cast<std::int64_t>(train_.size());
-    const auto b = config_.per_device_train_batch_size;
+    const auto b = config_.per_device_train_batch_size * world_.size();  // the global batch
     const auto count = config_.dataloader_drop_last ? n / b : (n + b - 1) / b;
     if (count < 1) {
       throw ConfigError("train_dataset has " + std::to_string(n) + " prompts, fewer than one batch of " + std::to_string(b) +
@@ -709,6 +769,7 @@ class Trainer {
     }
   }
 
+  distributed::World world_ = distributed::World::single();
   Model policy_;
   std::optional<Model> reference_;
   bool reference_is_base_ = false;
