@@ -7,11 +7,22 @@
 //    (2 x the [2B, T, V] completion logits: the policy's and their gradient — the reference's are freed before
 //    the policy's forward; plus per layer and position 10*H + 4*I + heads*(P+T) float32 values saved for
 //    backward). Target <= 1.3x.
+//  - data parallel (c10d, Gloo on loopback): the same global batch of 8 prompts as 1 process x batch 8 (2 BLAS
+//    threads) and as 2 processes x batch 4 (1 thread each), measured in one run: the step-time ratio and the
+//    share of the 2-process step spent in the gradient all-reduce.
 #include <benchmark/benchmark.h>
 
+#include <xpo/distributed/world.hpp>
 #include <xpo/training/trainer.hpp>
 
+#include <cstdlib>
 #include <random>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "support/machine.hpp"
 #include "support/memory.hpp"
@@ -94,7 +105,94 @@ void BM_XPOStep(benchmark::State& state) {
   std::filesystem::remove_all(config.output_dir);
 }
 
+// ---- data parallel ------------------------------------------------------------------------------------------------
+constexpr std::int64_t kDpNewTokens = 16, kDpSteps = 3;
+
+// `steps` timed optimizer steps (after one warm-up step) of rank `rank` in a world of `world` ranks, with the
+// global batch of kBatch prompts split over the ranks; returns {mean step seconds, mean all-reduce seconds}.
+std::pair<double, double> data_parallel_steps(int rank, int world, int port, std::int64_t steps) {
+  torch::set_num_threads(std::max(1, 2 / world));  // the machine's 2 cores, shared by the ranks
+  torch::manual_seed(0);
+  xpo::models::CausalLM policy(xpo::bench::qwen2_bench_config());
+  xpo::models::init_weights(*policy);
+  xpo::XPOConfig config;
+  config.output_dir = (std::filesystem::temp_directory_path() / ("xpo-dp-bench-" + std::to_string(::getpid()))).string();
+  config.per_device_train_batch_size = kBatch / world;
+  config.max_new_tokens = kDpNewTokens;
+  config.max_steps = 1000;
+  config.learning_rate = 1e-6;
+  xpo::scoring::FunctionScorer scorer([](const std::string&, const std::string& completion) { return static_cast<double>(completion.size()); });
+  BenchTrainer trainer(policy, std::nullopt, std::move(scorer), byte_tokenizer(), config, bench_prompts());
+  if (world > 1) {
+    xpo::distributed::LaunchEnvironment env;
+    env.rank = rank;
+    env.world_size = world;
+    env.master_port = port;
+    trainer.distribute(xpo::distributed::World::join(env, torch::kCPU, std::chrono::minutes(5)));
+  }
+  trainer.optimizer_step();  // warm-up: AdamW's state
+  double step = 0, all_reduce = 0;
+  for (std::int64_t i = 0; i < steps; ++i) {
+    trainer.optimizer_step();
+    step += trainer.last_step_timing().total;
+    all_reduce += trainer.last_step_timing().all_reduce;
+  }
+  std::filesystem::remove_all(config.output_dir);
+  return {step / static_cast<double>(steps), all_reduce / static_cast<double>(steps)};
+}
+
+// Rank 1 of the 2-process measurement is this executable started again with XPO_DP_BENCH_PORT set: it runs its
+// steps here, during static initialisation (before Google Benchmark's main), and exits.
+[[maybe_unused]] const bool kIsDataParallelWorker = [] {
+  const char* port = std::getenv("XPO_DP_BENCH_PORT");
+  if (port == nullptr) return false;
+  (void)data_parallel_steps(1, 2, std::atoi(port), kDpSteps);
+  std::_Exit(0);
+}();
+
+void BM_DataParallelStep(benchmark::State& state) {
+  int port = 0;
+  {
+    const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+    ::close(s);
+  }
+  for (auto _ : state) {
+    const auto one = data_parallel_steps(0, 1, 0, kDpSteps);
+    std::vector<std::string> env_text{"XPO_DP_BENCH_PORT=" + std::to_string(port)};
+    for (char** e = environ; *e != nullptr; ++e) env_text.emplace_back(*e);
+    std::vector<char*> envp;
+    for (auto& e : env_text) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    char* argv[] = {const_cast<char*>("xpo_benchmarks"), nullptr};
+    const pid_t child = ::fork();  // the child only execs: nothing of LibTorch runs between fork and exec
+    if (child == 0) {
+      ::execve("/proc/self/exe", argv, envp.data());
+      ::_exit(127);
+    }
+    const auto two = data_parallel_steps(0, 2, port, kDpSteps);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    torch::set_num_threads(2);
+    state.SetIterationTime(two.first);
+    state.counters["one_process_step_s"] = one.first;
+    state.counters["two_process_step_s"] = two.first;
+    state.counters["speedup"] = one.first / two.first;
+    state.counters["all_reduce_s"] = two.second;
+    state.counters["all_reduce_share"] = two.second / two.first;
+    state.counters["worker_ok"] = WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 1 : 0;
+  }
+}
+
 BENCHMARK(BM_XPOStep)->Arg(kNewTokens)->UseManualTime()->Iterations(3)->Unit(benchmark::kSecond);
 BENCHMARK(BM_XPOStep)->Name("smoke/XPOStep")->Arg(2)->UseManualTime()->Iterations(1);
+
+BENCHMARK(BM_DataParallelStep)->UseManualTime()->Iterations(1)->Unit(benchmark::kSecond);
 
 }  // namespace

@@ -56,7 +56,7 @@ const std::vector<std::string>& expected_metric_keys(bool reward_model) {
       "loss", "loss/dpo", "loss/xpo", "objective/kl", "objective/entropy", "rewards/chosen", "rewards/rejected",
       "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected", "val/model_contain_eos_token",
       "val/ref_contain_eos_token", "alpha", "beta", "grad_norm", "learning_rate", "epoch", "tokens_per_second",
-      "time/generation", "time/scoring", "time/forward_backward", "time/optimizer"};
+      "time/generation", "time/scoring", "time/forward_backward", "time/all_reduce", "time/optimizer"};
   static std::vector<std::string> with_scores = [] {
     auto k = common;
     k.insert(k.end(), {"objective/model_scores", "objective/ref_scores", "objective/scores_margin"});

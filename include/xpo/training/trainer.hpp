@@ -196,12 +196,15 @@ class Trainer {
       ++state_.micro_step;
     }
     if (world_.size() > 1) {  // the mean over ranks of the mean over each rank's rows = the global batch's mean
+      const auto r0 = Clock::now();
       std::vector<torch::Tensor> grads;
       for (auto& p : params_) {
         if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
         grads.push_back(p.grad());
       }
       world_.all_reduce_mean(grads);
+      last_timing_.all_reduce = seconds(r0, Clock::now());
+      window_.all_reduce_seconds += last_timing_.all_reduce;
     }
     const auto t1 = Clock::now();
     const double lr = training::scheduled_learning_rate(config_, state_.global_step, state_.max_steps);
@@ -426,7 +429,7 @@ class Trainer {
 
   // Wall-clock seconds of the last optimizer step, by stage (summed over its micro-batches).
   struct StepTiming {
-    double generation = 0, scoring = 0, forward_backward = 0, optimizer = 0, total = 0;
+    double generation = 0, scoring = 0, forward_backward = 0, all_reduce = 0, optimizer = 0, total = 0;
   };
   [[nodiscard]] const StepTiming& last_step_timing() const noexcept { return last_timing_; }
 
@@ -486,7 +489,7 @@ class Trainer {
   struct Window {
     std::map<std::string, double> sums;
     std::map<std::string, std::int64_t> counts;
-    double tokens = 0, generation_seconds = 0, scoring_seconds = 0, forward_backward_seconds = 0,
+    double tokens = 0, generation_seconds = 0, scoring_seconds = 0, forward_backward_seconds = 0, all_reduce_seconds = 0,
            optimizer_seconds = 0, step_seconds = 0, grad_norm = 0, learning_rate = 0;
     std::int64_t optimizer_steps = 0;
     void add(const training::Metrics& m) {
@@ -510,6 +513,7 @@ class Trainer {
     m["time/generation"] = window_.generation_seconds / steps;
     m["time/scoring"] = window_.scoring_seconds / steps;
     m["time/forward_backward"] = window_.forward_backward_seconds / steps;
+    m["time/all_reduce"] = window_.all_reduce_seconds / steps;  // 0 in one process
     m["time/optimizer"] = window_.optimizer_seconds / steps;
     window_ = {};
     if (world_.size() > 1) {
