@@ -69,10 +69,11 @@ template <class Trainer>
 struct StopWhenOptimal {
   const bandit::Problem* problem;
   double beta, target;
+  double optimum = bandit::optimal_objective(*problem, beta);  // J(pi*), fixed for the run
   std::int64_t reached_at = -1;
   double gap = 0;
   void on_step_end(Trainer& t) {
-    gap = bandit::optimal_objective(*problem, beta) - bandit::objective(*problem, t.policy()->probabilities(), beta);
+    gap = optimum - bandit::objective(*problem, t.policy()->probabilities(), beta);
     if (gap <= target && reached_at < 0) {
       reached_at = t.state().global_step;
       t.request_stop();

@@ -254,7 +254,8 @@ int run(Trainer& trainer, const ScriptArgs& args, bool judge) {
     std::fprintf(stderr, "xpo-train: resumed at step %lld\n", static_cast<long long>(trainer.state().global_step));
   }
   const bool main_rank = trainer.world().is_main();
-  const auto& eval = main_rank ? trainer.eval_dataset() : xpo::PromptDataset{};  // rank 0 evaluates
+  static const xpo::PromptDataset no_eval;
+  const auto& eval = main_rank ? trainer.eval_dataset() : no_eval;  // rank 0 evaluates (a reference, not a copy)
   const char* score_name = judge ? "win rate vs reference" : "mean score";
   std::optional<double> before;
   if (!eval.empty() && trainer.state().global_step == 0) {

@@ -300,6 +300,21 @@ TEST_F(CliTest, BadInputIsOneClearMessageAndWritesNothing) {
   expect_refused({"--max_dataset_line_bytes", "16"}, "p.jsonl:1", prompts);
   expect_refused({"--max_chat_template_bytes", "16"}, "more than the limit of 16", prompts);
   expect_refused({"--max_tokenizer_file_bytes", "1000"}, "tokenizer.json: the file has", prompts);
+  // data-parallel flags, and a launcher environment that does not parse
+  expect_refused({"--nproc", "0"}, "--nproc: must be in [1, 1024]", prompts);
+  expect_refused({"--dist_timeout", "0"}, "--dist_timeout: must be > 0 seconds", prompts);
+  {
+    auto args = tiny_run(prompts, out);
+    args.insert(args.end(), {"--reward_rule", "positivity"});
+    args.insert(args.begin(), XPO_TRAIN_EXE);
+    const auto r = xpo::test::run_process(args, dir_, "", {}, [] {
+      ::setenv("WORLD_SIZE", "2", 1);
+      ::setenv("RANK", "first", 1);
+    });
+    EXPECT_NE(r.status, 0);
+    EXPECT_CONTAINS(r.err, "RANK=first: expected an integer in [0, 1]");
+    EXPECT_FALSE(fs::exists(out));
+  }
   {  // the embedded default checks a given dataset before it builds anything
     const auto r = train({"--output_dir", out.string(), "--dataset_name", (dir_ / "missing.jsonl").string()});
     EXPECT_EQ(r.status, 2);
