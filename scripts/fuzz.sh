@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (fuzz/, clang + ASan + UBSan) and runs each for SECONDS (default 30), seeded from
 # the fixtures ($XPO_FIXTURES_DIR, default ../shared/fixtures). Corpora grow in build-fuzz/corpus/<target>;
-# findings are written to build-fuzz/findings/ and make the script fail.
+# findings are written to build-fuzz/findings/ and make the script fail (their report is printed, for CI logs).
+# Inputs that once failed live in fuzz/regressions/<target>/ and are replayed first, as part of each corpus.
 #   bash scripts/fuzz.sh [SECONDS]          e.g. bash scripts/fuzz.sh 600 for the 10-minute runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +71,12 @@ printf '0{"beta": [0.1, 0.05], "alpha": 1e-5, "loss_type": "ipo", "save_total_li
 seed config "1" "$fixtures"/models/*/config.json
 printf '2--beta\n0.2,0.1\n--flag\n--names\na\nb\n--rate=none\n--count\n7\n--learning_rate\n1e-6' > build-fuzz/corpus/config/seed-flags
 printf '2--max_steps\n3\0{"name": "y", "names": ["p", "q"], "temperature": 0.5, "rate": null}' > build-fuzz/corpus/config/seed-flags-file
+# past findings, replayed on every run
+for dir in fuzz/regressions/*/; do
+  target=$(basename "$dir")
+  mkdir -p "build-fuzz/corpus/$target"
+  cp "$dir"* "build-fuzz/corpus/$target/"
+done
 export XPO_FUZZ_TOKENIZER="$fixtures/tokenizers/qwen/tokenizer.json"
 status=0
 for target in safetensors tokenizer chat_template jsonl config; do
@@ -77,6 +84,9 @@ for target in safetensors tokenizer chat_template jsonl config; do
   if ! ./build-fuzz/fuzz_$target "build-fuzz/corpus/$target" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 \
        -artifact_prefix="build-fuzz/findings/$target-" -print_final_stats=1 2> "build-fuzz/$target.log"; then
     echo "fuzz: $target FOUND something: see build-fuzz/$target.log and build-fuzz/findings/" >&2
+    # the report: the sanitizer's or libFuzzer's error, the top of its stack, the input saved
+    grep -E -A24 "^==[0-9]+==ERROR|^ERROR: libFuzzer|uncaught exception|terminate called" "build-fuzz/$target.log" | head -40 >&2 || true
+    grep -E "^artifact_prefix|Test unit written to|^Base64:" "build-fuzz/$target.log" >&2 || true
     status=1
   fi
   grep -E "stat::number_of_executed_units|Done [0-9]+ runs" "build-fuzz/$target.log" | tail -2

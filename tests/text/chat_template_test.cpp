@@ -168,6 +168,88 @@ TEST(JinjaErrors, RuntimeErrorsAndBounds) {
   EXPECT_THROW(Template(std::string(11, 'a'), {}, small), TemplateError);
 }
 
+// Values a template builds stay bounded (found by fuzz/chat_template_fuzz.cpp): no value contains itself (that
+// would leak, and printing it would recurse forever), nesting is bounded (freeing a value recurses once per
+// level), and shared items cannot make printing or comparing exponentially long.
+TEST(JinjaErrors, ValuesCannotContainThemselvesNestTooDeeplyOrExplode) {
+  const std::string ns = "{% set ns = namespace(a=1) %}";
+  expect_template_error(ns + "{% set ns.a = ns %}{{ ns }}", "does not let namespaces nest", 1, 30);
+  expect_template_error(ns + "{% set ns.a = [1, {'k': ns}] %}", "does not let namespaces nest");
+  expect_template_error(ns + "{{ namespace(b=ns) }}", "would hold a namespace");
+  // a namespace may still hold lists and dicts, and be held by them
+  EXPECT_EQ(render(ns + "{% set ns.a = [1, {'k': 2}] %}{{ ns.a }} {{ [ns.a] }}"), "[1, {'k': 2}] [[1, {'k': 2}]]");
+  EXPECT_EQ(render(ns + "{{ [ns] }}"), "[<Namespace {'a': 1}>]");
+
+  // growing a list inside a namespace, once per loop iteration, stops at the nesting bound
+  const auto depth = std::to_string(xpo::text::jinja::kMaxValueDepth);
+  expect_template_error(ns + "{% for i in range(100000) %}{% set ns.a = [ns.a] %}{% endfor %}", "nest more than " + depth);
+  std::string deep = "{% set x = 0 %}";
+  for (std::uint32_t i = 0; i <= xpo::text::jinja::kMaxValueDepth; ++i) deep += "{% set x = {'k': x} %}";
+  expect_template_error(deep, "nest more than " + depth);
+  // ... and JSON variables too deep are refused before they are read
+  std::string json(1000, '[');
+  json += std::string(1000, ']');
+  EXPECT_THROW((void)Template("{{ x }}").render_json(ordered_json{{"x", ordered_json::parse(json)}}), xpo::Error);
+
+  // x doubles 60 times: 2^60 leaves, but only 61 lists
+  std::string doubling = "{% set x = [1] %}";
+  for (int i = 0; i < 60; ++i) doubling += "{% set x = [x, x] %}";
+  std::string twin = "{% set y = [1] %}";
+  for (int i = 0; i < 60; ++i) twin += "{% set y = [y, y] %}";
+  expect_template_error(doubling + "{{ x }}", "text of a value is longer than the limit");
+  expect_template_error(doubling + "{{ x|string|length }}", "text of a value is longer than the limit");
+  expect_template_error(doubling + "{{ x|tojson }}", "tojson: the text is longer than the limit");
+  expect_template_error("{{ [[1]]|tojson(indent=2000000000) }}", "tojson: the text is longer than the limit");
+  EXPECT_EQ(render("{{ [1]|tojson(indent=-3) }}|{{ [1]|tojson(indent=0) }}"), "[\n1\n]|[\n1\n]");  // as json.dumps
+  expect_template_error(doubling + twin + "{{ x == y }}", "comparing the values takes more steps");
+  expect_template_error(doubling + twin + "{{ x in [y] }}", "comparing the values takes more steps");
+  EXPECT_EQ(render(doubling + "{{ x == x }} {{ x in [1, x] }} {{ x|length }}"), "True True 2");
+  // a smaller budget stops smaller comparisons
+  xpo::text::jinja::Limits few;
+  few.max_comparison_steps = 100;
+  expect_template_error("{{ range(200)|list == range(200)|list }}", "comparing", 0, 0, ordered_json::object(), few);
+  EXPECT_EQ(render("{{ range(200)|list == range(200)|list }}"), "True");
+}
+
+// Python's ints are unbounded; a template's are 64-bit, and leaving that range is an error, never a wrap-around
+// (found by fuzzing with UBSan). Results inside the range are Python's.
+TEST(JinjaErrors, IntegersNeverWrap) {
+  const std::string max = "9223372036854775807", min = "(-9223372036854775807 - 1)";
+  for (const std::string& expr : std::vector<std::string>{max + " + 1", "-9223372036854775807 - 2", "4611686018427387904 * 2", "3 ** 40",
+                                                           "2 ** 63", min + " // -1", "-" + min, "[" + max + ", 1]|sum",
+                                                           min + "|abs", "1e300|int", "(1e308 * 10)|int"}) {
+    expect_template_error("{{ " + expr + " }}", "integer overflow");
+  }
+  EXPECT_EQ(render("{{ " + max + " + 0 }} {{ 2 ** 62 }} {{ (-2) ** 63 }} {{ " + min + " % -1 }} {{ 7 // -1 }} "
+                   "{{ -7 // 2 }} {{ 3 ** 0 }} {{ (-1) ** 1000001 }} {{ 1 ** " + max + " }} {{ 10 ** -1 }} "
+                   "{{ 'nan'|float|int }} {{ -2.7|int }}"),
+            max + " 4611686018427387904 -9223372036854775808 0 -7 -4 1 -1 1 0.1 0 -2");
+  EXPECT_EQ(render("{{ range(-" + max + ", " + max + ", 4611686018427387904)|list }} {{ range(5, -5, -3)|list }}"),
+            "[-9223372036854775807, -4611686018427387903, 1, 4611686018427387905] [5, 2, -1, -4]");
+  expect_template_error("{{ range(" + max + ")|length }}", "exceeds the loop iteration limit");
+}
+
+// Strings and values a template makes are bounded while they are made, not after.
+TEST(JinjaErrors, StringsAndValuesAreBoundedAsTheyGrow) {
+  expect_template_error("{{ ('x' * 5000).replace('', 'y' * 5000) }}", "exceeds the output limit");
+  expect_template_error("{{ 'ab'|indent(9223372036854775807) }}", "exceeds the output limit");
+  expect_template_error("{{ ('x' * 1000000).join(range(100)|map('string')|list) }}", "exceeds the output limit");
+  // 40 copies of a 10 MB string: 400 MB, past the default 256 MiB of values
+  std::string copies = "{% set s = 'x' * 10000000 %}{% set l = [s";
+  for (int i = 0; i < 39; ++i) copies += ", s";
+  expect_template_error(copies + "] %}{{ l|length }}", "max_value_bytes");
+  // doubling a list in a namespace: stopped by the same budget
+  expect_template_error("{% set ns = namespace(a=[1]) %}{% for i in range(40) %}{% set ns.a = ns.a + ns.a %}{% endfor %}",
+                        "max_value_bytes");
+  // the budget is per render, and a tight one still renders an ordinary conversation
+  xpo::text::jinja::Limits tight;
+  tight.max_value_bytes = 4096;
+  const Template t("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}", {}, tight);
+  const ordered_json vars{{"messages", {{{"role", "user"}, {"content", "Hi"}}, {{"role", "assistant"}, {"content", "Yo"}}}}};
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(t.render_json(vars), "<user>Hi<assistant>Yo");
+  expect_template_error("{{ 'x' * 5000 }}", "max_value_bytes", 0, 0, ordered_json::object(), tight);
+}
+
 // ---- prompt preparation --------------------------------------------------------------------------------------
 
 TEST(PreparePrompt, StandardAndConversationalPrompts) {

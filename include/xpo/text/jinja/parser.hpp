@@ -6,8 +6,10 @@
 // control ({%- -%} {{- -}} {%+), literals (str, int, float, bool, none, list, tuple, dict), arithmetic, `~` and `+`,
 // comparisons, `in`/`not in`, `and`/`or`/`not`, `x if c else y`, `.`/`[]` access and Python slicing, filters, tests,
 // str/dict methods, namespace(), range(), raise_exception(), strftime_now().
-// Templates are untrusted: nothing reaches files or the environment, loops and output are bounded, and an
-// unsupported construct is a TemplateError naming its line and column — at parse time where it can be.
+// Templates are untrusted: nothing reaches files or the environment; loops, comparisons, output, the text of any
+// value and the nesting of lists and dicts are bounded; and an unsupported construct is a TemplateError naming its
+// line and column — at parse time where it can be. One departure from Jinja: a namespace may not hold another
+// namespace, so that no value can contain itself (see value.hpp).
 #pragma once
 
 #include <algorithm>
@@ -36,6 +38,8 @@ struct Limits {
   std::size_t max_template_bytes = 1 << 20;
   std::size_t max_output_bytes = 16 << 20;
   std::size_t max_loop_iterations = 1'000'000;  // over the whole render
+  std::size_t max_comparison_steps = 10'000'000;  // items visited by ==, `in`, unique, ... over the whole render
+  std::size_t max_value_bytes = std::size_t{256} << 20;  // strings made or copied and lists made, over the whole render
   int max_nesting = 128;                        // of expressions and blocks, at parse time
 };
 

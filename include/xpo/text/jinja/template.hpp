@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <ctime>
+#include <limits>
+#include <optional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -91,14 +93,63 @@ inline std::vector<std::string> py_split(const std::string& s, const Value* sep,
   return out;
 }
 
-inline std::string py_replace(const std::string& s, const std::string& from, const std::string& to, std::int64_t count) {
+// Python's ints are unbounded, a template's are 64-bit: leaving that range is an Error, never a wrap-around.
+[[noreturn]] inline void integer_overflow() { throw Error("integer overflow (template integers are 64-bit)"); }
+inline constexpr std::int64_t kIntMax = std::numeric_limits<std::int64_t>::max();
+inline constexpr std::int64_t kIntMin = std::numeric_limits<std::int64_t>::min();
+
+inline std::int64_t add_int(std::int64_t a, std::int64_t b) {
+  if ((b > 0 && a > kIntMax - b) || (b < 0 && a < kIntMin - b)) integer_overflow();
+  return a + b;
+}
+inline std::int64_t sub_int(std::int64_t a, std::int64_t b) {
+  if ((b < 0 && a > kIntMax + b) || (b > 0 && a < kIntMin + b)) integer_overflow();
+  return a - b;
+}
+inline std::int64_t mul_int(std::int64_t a, std::int64_t b) {
+  const bool overflows = a > 0 ? (b > 0 ? a > kIntMax / b : b < kIntMin / a)
+                               : (b > 0 ? a < kIntMin / b : a != 0 && b < kIntMax / a);
+  if (overflows) integer_overflow();
+  return a * b;
+}
+inline std::int64_t neg_int(std::int64_t a) {
+  if (a == kIntMin) integer_overflow();
+  return -a;
+}
+inline std::int64_t pow_int(std::int64_t base, std::int64_t exponent) {  // exponent >= 0
+  if (base == 0) return exponent == 0 ? 1 : 0;
+  if (base == 1) return 1;
+  if (base == -1) return exponent % 2 == 0 ? 1 : -1;
+  std::int64_t out = 1;
+  for (std::int64_t i = 0; i < exponent; ++i) out = mul_int(out, base);  // |base| >= 2: overflows within 64 steps
+  return out;
+}
+// int(x) of a float: toward zero; NaN has no int (nullopt), and a float outside the 64-bit range overflows.
+inline std::optional<std::int64_t> int_of(double d) {
+  if (std::isnan(d)) return std::nullopt;
+  if (!(d >= -0x1p63 && d < 0x1p63)) integer_overflow();
+  return static_cast<std::int64_t>(d);
+}
+
+// [[noreturn]] for a string that would pass `max_bytes`
+[[noreturn]] inline void string_too_long(std::size_t max_bytes) {
+  throw Error("a string exceeds the output limit of " + std::to_string(max_bytes) + " bytes");
+}
+
+// Python's str.replace; the result may not pass max_bytes.
+inline std::string py_replace(const std::string& s, const std::string& from, const std::string& to, std::int64_t count,
+                              std::size_t max_bytes) {
   std::string out;
+  const auto grow = [&](const std::string& piece) {
+    if (piece.size() > max_bytes - std::min(max_bytes, out.size())) string_too_long(max_bytes);
+    out += piece;
+  };
   if (from.empty()) {  // Python inserts `to` between every character
     const std::u32string u = to_u32(s);
     std::int64_t done = 0;
     for (std::size_t i = 0; i <= u.size(); ++i) {
       if (count < 0 || done < count) {
-        out += to;
+        grow(to);
         ++done;
       }
       if (i < u.size()) append_utf8(out, u[i]);
@@ -111,7 +162,7 @@ inline std::string py_replace(const std::string& s, const std::string& from, con
     const auto at = s.find(from, start);
     if (at == std::string::npos) break;
     out.append(s, start, at - start);
-    out += to;
+    grow(to);
     start = at + from.size();
     ++done;
   }
@@ -185,7 +236,7 @@ enum class Flow { normal, break_, continue_ };
 
 class Renderer {
  public:
-  Renderer(const Limits& limits, const Dict& variables) : limits_(limits) {
+  Renderer(const Limits& limits, const Dict& variables) : limits_(limits), comparison_steps_left_(limits.max_comparison_steps) {
     scopes_.emplace_back();
     for (const auto& [k, v] : variables.items) scopes_.back()[k] = v;
   }
@@ -206,6 +257,12 @@ class Renderer {
     out_.append(s);
   }
 
+  // str(v), no longer than the output may be
+  [[nodiscard]] std::string text_of(const Value& v) const { return to_string(v, limits_.max_output_bytes); }
+
+  // a == b, spending the render's comparison budget
+  [[nodiscard]] bool same(const Value& a, const Value& b) { return equal(a, b, comparison_steps_left_); }
+
   void count_iteration(int line, int column) {
     if (++iterations_ > limits_.max_loop_iterations) {
       fail("more than " + std::to_string(limits_.max_loop_iterations) + " loop iterations (an endless loop?)", line, column);
@@ -221,11 +278,21 @@ class Renderer {
   }
 
   Flow render(const Node& n) {
+    try {
+      return render_node(n);
+    } catch (const TemplateError&) {
+      throw;
+    } catch (const Error& err) {  // e.g. a value too deep or too long, from a literal or an operator
+      fail(err.what(), n.line, n.column);
+    }
+  }
+
+  Flow render_node(const Node& n) {
     switch (n.kind) {
       case Node::Kind::text: emit(n.text, n.line, n.column); return Flow::normal;
       case Node::Kind::output: {
         const Value v = eval(*n.expr);
-        emit(to_string(v), n.line, n.column);
+        emit(text_of(v), n.line, n.column);
         return Flow::normal;
       }
       case Node::Kind::if_:
@@ -243,6 +310,10 @@ class Renderer {
           if (!target.is_dict() || !target.dict().is_namespace) {
             fail("cannot assign attribute '" + n.attr + "' of '" + n.text + "': only namespace() objects have assignable attributes",
                  n.line, n.column);
+          }
+          if (v.holds_namespace) {  // the one way a value could come to contain itself; see Dict
+            fail("cannot assign a namespace (or a list or dict holding one) to '" + n.text + "." + n.attr +
+                     "': xpo does not let namespaces nest", n.line, n.column);
           }
           target.dict().set(n.attr, std::move(v));
         }
@@ -323,7 +394,10 @@ class Renderer {
                      {"length", length},
                      {"previtem", i > 0 ? items[static_cast<std::size_t>(i - 1)] : Value(Undefined{"loop.previtem"})},
                      {"nextitem", i + 1 < length ? items[static_cast<std::size_t>(i + 1)] : Value(Undefined{"loop.nextitem"})}};
-      scopes_.back()["loop"] = Value(std::move(loop));
+      {
+        const MeterScope unmetered(std::nullopt);  // the items were charged when copied into `loop`
+        scopes_.back()["loop"] = Value(std::move(loop));
+      }
       const Flow f = render(n.body);
       if (f == Flow::break_) break;
     }
@@ -365,7 +439,7 @@ class Renderer {
         if (e.name == "not") return !truthy(v);
         if (!v.is_number()) fail(std::string("bad operand type for unary ") + e.name + ": '" + type_name(v) + "'", e);
         if (e.name == "+") return v.is_int() ? Value(v.as_int()) : v;
-        return v.is_int() ? Value(-v.as_int()) : Value(-v.as_double());
+        return v.is_int() ? Value(neg_int(v.as_int())) : Value(-v.as_double());
       }
       case Expr::Kind::binary: return eval_binary(e);
       case Expr::Kind::cond:
@@ -405,7 +479,7 @@ class Renderer {
   Value get_item(const Value& obj, const Value& key, const Expr& e) {
     if (obj.is_undefined()) fail("'" + std::get<Undefined>(obj.v).name + "' is undefined (reading an item)", e);
     if (obj.is_dict()) {
-      if (!key.is_string()) return Undefined{to_string(key)};
+      if (!key.is_string()) return Undefined{text_of(key)};
       if (const Value* v = obj.dict().find(key.str())) return *v;
       return Undefined{key.str()};
     }
@@ -424,7 +498,7 @@ class Renderer {
       return from_u32(std::u32string_view(u).substr(static_cast<std::size_t>(i), 1));
     }
     if (key.is_string()) return get_attr(obj, key.str(), e);
-    return Undefined{to_string(key)};
+    return Undefined{text_of(key)};
   }
 
   Value eval_slice(const Expr& e) {
@@ -541,7 +615,10 @@ class Renderer {
       if (name == "lower") return map_case(s, 0);
       if (name == "capitalize") return capitalize(s);
       if (name == "title") return title(s);
-      if (name == "replace") return py_replace(s, str_arg(a, 0, "old"), str_arg(a, 1, "new"), int_arg(a, 2, "count", -1));
+      if (name == "replace") {
+        return py_replace(s, str_arg(a, 0, "old"), str_arg(a, 1, "new"), int_arg(a, 2, "count", -1),
+                          limits_.max_output_bytes);
+      }
       if (name == "find") {
         const auto at = s.find(str_arg(a, 0, "sub"));
         return at == std::string::npos ? std::int64_t{-1} : static_cast<std::int64_t>(to_u32(s.substr(0, at)).size());
@@ -563,6 +640,7 @@ class Renderer {
           if (!first) out += s;
           out += item.str();
           first = false;
+          if (out.size() > limits_.max_output_bytes) string_too_long(limits_.max_output_bytes);
         }
         return out;
       }
@@ -604,7 +682,7 @@ class Renderer {
         std::int64_t n = 0;
         const auto& l = obj.list();
         for (std::size_t i = 0; i < l.size(); ++i) {
-          if (equal(l[i], *x)) {
+          if (same(l[i], *x)) {
             if (name == "index") return static_cast<std::int64_t>(i);
             ++n;
           }
@@ -631,19 +709,19 @@ class Renderer {
     const Value l = eval(*e.children[0]);
     const Value r = eval(*e.children[1]);
     if (op == "~") {
-      std::string s = to_string(l) + to_string(r);
+      std::string s = text_of(l) + text_of(r);
       if (s.size() > limits_.max_output_bytes) fail("a string exceeds the output limit", e);
       return s;
     }
-    if (op == "==") return equal(l, r);
-    if (op == "!=") return !equal(l, r);
+    if (op == "==") return same(l, r);
+    if (op == "!=") return !same(l, r);
     if (op == "in" || op == "not in") {
       bool found = false;
       if (r.is_string()) {
         if (!l.is_string()) fail("'in <string>' requires a string on the left, not " + std::string(type_name(l)), e);
         found = r.str().find(l.str()) != std::string::npos;
       } else if (r.is_list()) {
-        found = std::any_of(r.list().begin(), r.list().end(), [&](const Value& x) { return equal(x, l); });
+        found = std::any_of(r.list().begin(), r.list().end(), [&](const Value& x) { return same(x, l); });
       } else if (r.is_dict()) {
         found = l.is_string() && r.dict().find(l.str()) != nullptr;
       } else if (r.is_undefined()) {
@@ -695,15 +773,11 @@ class Renderer {
       fail("unsupported operand types for " + op + ": '" + type_name(l) + "' and '" + type_name(r) + "'", e);
     }
     const bool ints = l.is_int() && r.is_int();
-    if (op == "+") return ints ? Value(l.as_int() + r.as_int()) : Value(l.as_double() + r.as_double());
-    if (op == "-") return ints ? Value(l.as_int() - r.as_int()) : Value(l.as_double() - r.as_double());
-    if (op == "*") return ints ? Value(l.as_int() * r.as_int()) : Value(l.as_double() * r.as_double());
+    if (op == "+") return ints ? Value(add_int(l.as_int(), r.as_int())) : Value(l.as_double() + r.as_double());
+    if (op == "-") return ints ? Value(sub_int(l.as_int(), r.as_int())) : Value(l.as_double() - r.as_double());
+    if (op == "*") return ints ? Value(mul_int(l.as_int(), r.as_int())) : Value(l.as_double() * r.as_double());
     if (op == "**") {
-      if (ints && r.as_int() >= 0) {
-        std::int64_t out = 1;
-        for (std::int64_t i = 0; i < std::min<std::int64_t>(r.as_int(), 64); ++i) out *= l.as_int();
-        return out;
-      }
+      if (ints && r.as_int() >= 0) return pow_int(l.as_int(), r.as_int());
       return std::pow(l.as_double(), r.as_double());
     }
     if (r.as_double() == 0.0) fail("division by zero", e);
@@ -711,6 +785,7 @@ class Renderer {
     if (op == "//") {
       if (ints) {
         const std::int64_t a = l.as_int(), b = r.as_int();
+        if (b == -1) return neg_int(a);  // the one quotient that can overflow
         std::int64_t q = a / b;
         if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
         return q;
@@ -720,6 +795,7 @@ class Renderer {
     // %
     if (ints) {
       const std::int64_t a = l.as_int(), b = r.as_int();
+      if (b == -1) return std::int64_t{0};  // kIntMin % -1 would overflow
       std::int64_t m = a % b;
       if (m != 0 && ((m < 0) != (b < 0))) m += b;
       return m;
@@ -759,12 +835,12 @@ class Renderer {
     if (t == "float") return std::holds_alternative<double>(v.v);
     if (t == "callable") return v.is_function();
     if (t == "lower" || t == "upper") return v.is_string() && map_case(v.str(), t == "lower" ? 0 : 1) == v.str();
-    if (t == "eq" || t == "equalto" || t == "==") return equal(v, arg());
-    if (t == "ne") return !equal(v, arg());
-    if (t == "sameas") return equal(v, arg()) && v.v.index() == arg().v.index();
+    if (t == "eq" || t == "equalto" || t == "==") return same(v, arg());
+    if (t == "ne") return !same(v, arg());
+    if (t == "sameas") return same(v, arg()) && v.v.index() == arg().v.index();
     if (t == "in") {
       const Value& c = arg();
-      if (c.is_list()) return std::any_of(c.list().begin(), c.list().end(), [&](const Value& x) { return equal(x, v); });
+      if (c.is_list()) return std::any_of(c.list().begin(), c.list().end(), [&](const Value& x) { return same(x, v); });
       if (c.is_string()) return v.is_string() && c.str().find(v.str()) != std::string::npos;
       if (c.is_dict()) return v.is_string() && c.dict().find(v.str()) != nullptr;
       return false;
@@ -833,14 +909,18 @@ class Renderer {
     if (f == "tojson") {
       const Value* indent = a.get(0, "indent");
       std::string out;
-      dump_json(v, indent != nullptr && indent->is_int() ? static_cast<int>(indent->as_int()) : -1, 0, out, e.line, e.column);
+      // json.dumps indents by ' ' * indent: a negative indent is 0 (new lines, no spaces); -1 here means none
+      const int spaces = indent != nullptr && indent->is_int()
+                             ? static_cast<int>(std::clamp<std::int64_t>(indent->as_int(), 0, std::numeric_limits<int>::max()))
+                             : -1;
+      dump_json(v, spaces, 0, out, e.line, e.column, limits_.max_output_bytes);
       return out;
     }
-    if (f == "string") return to_string(v);
+    if (f == "string") return text_of(v);
     if (f == "safe") return v;
     if (f == "e" || f == "escape") {
       std::string out;
-      for (const char c : to_string(v)) {
+      for (const char c : text_of(v)) {
         switch (c) {
           case '&': out += "&amp;"; break;
           case '<': out += "&lt;"; break;
@@ -896,8 +976,8 @@ class Renderer {
       std::string out;
       bool first = true;
       for (const auto& item : iterate(v, e.line, e.column)) {
-        if (!first) out += sep != nullptr ? to_string(*sep) : std::string();
-        out += to_string(attr != nullptr ? attribute_of(item, to_string(*attr), e) : item);
+        if (!first) out += sep != nullptr ? text_of(*sep) : std::string();
+        out += text_of(attr != nullptr ? attribute_of(item, text_of(*attr), e) : item);
         first = false;
         if (out.size() > limits_.max_output_bytes) fail("a string exceeds the output limit", e);
       }
@@ -908,7 +988,7 @@ class Renderer {
       List out;
       for (const auto& item : iterate(v, e.line, e.column)) {
         if (attr != nullptr) {
-          Value x = attribute_of(item, to_string(*attr), e);
+          Value x = attribute_of(item, text_of(*attr), e);
           if (x.is_undefined()) {
             if (const Value* d = a.get(99, "default")) x = *d;
           }
@@ -931,10 +1011,10 @@ class Renderer {
       std::string attr;
       if (by_attr) {
         if (a.positional.empty()) throw Error("needs an attribute name");
-        attr = to_string(a.positional[k++]);
+        attr = text_of(a.positional[k++]);
       }
       std::string test;
-      if (k < a.positional.size()) test = to_string(a.positional[k++]);
+      if (k < a.positional.size()) test = text_of(a.positional[k++]);
       if (!test.empty() && known_tests().count(test) == 0) throw Error("unknown test '" + test + "'");
       Arguments rest;
       rest.positional.assign(a.positional.begin() + static_cast<std::ptrdiff_t>(std::min(k, a.positional.size())), a.positional.end());
@@ -949,7 +1029,7 @@ class Renderer {
     if (f == "unique") {
       List out;
       for (const auto& item : iterate(v, e.line, e.column)) {
-        if (std::none_of(out.begin(), out.end(), [&](const Value& x) { return equal(x, item); })) out.push_back(item);
+        if (std::none_of(out.begin(), out.end(), [&](const Value& x) { return same(x, item); })) out.push_back(item);
       }
       return Value::make_list(std::move(out));
     }
@@ -957,7 +1037,7 @@ class Renderer {
       auto items = iterate(v, e.line, e.column);
       const Value* rev = a.get(0, "reverse");
       const Value* attr = a.get(2, "attribute");
-      const auto key = [&](const Value& x) { return attr != nullptr ? attribute_of(x, to_string(*attr), e) : x; };
+      const auto key = [&](const Value& x) { return attr != nullptr ? attribute_of(x, text_of(*attr), e) : x; };
       std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
         const Value kx = key(x), ky = key(y);
         if (kx.is_number() && ky.is_number()) return kx.as_double() < ky.as_double();
@@ -973,7 +1053,7 @@ class Renderer {
         Value total = std::int64_t{0};
         for (const auto& x : items) {
           if (!x.is_number()) throw Error("can only sum numbers");
-          total = total.is_int() && x.is_int() ? Value(total.as_int() + x.as_int()) : Value(total.as_double() + x.as_double());
+          total = total.is_int() && x.is_int() ? Value(add_int(total.as_int(), x.as_int())) : Value(total.as_double() + x.as_double());
         }
         return total;
       }
@@ -983,13 +1063,15 @@ class Renderer {
         const bool less = x.is_number() && best.is_number() ? x.as_double() < best.as_double()
                           : x.is_string() && best.is_string() ? x.str() < best.str()
                                                               : throw Error("cannot compare the items");
-        if ((f == "min") == less && !equal(x, best)) best = x;
+        if ((f == "min") == less && !same(x, best)) best = x;
       }
       return best;
     }
     if (f == "int") {
       if (v.is_int()) return v.as_int();
-      if (v.is_number()) return static_cast<std::int64_t>(v.as_double());
+      if (v.is_number()) {
+        if (const auto i = int_of(v.as_double())) return *i;
+      }
       if (v.is_string()) {
         try {
           return static_cast<std::int64_t>(std::stoll(py_strip(v.str(), nullptr, true, true)));
@@ -1012,30 +1094,33 @@ class Renderer {
     }
     if (f == "abs") {
       if (!v.is_number()) throw Error("needs a number");
-      return v.is_int() ? Value(v.as_int() < 0 ? -v.as_int() : v.as_int()) : Value(std::fabs(v.as_double()));
+      return v.is_int() ? Value(v.as_int() < 0 ? neg_int(v.as_int()) : v.as_int()) : Value(std::fabs(v.as_double()));
     }
     if (f == "round") {
       if (!v.is_number()) throw Error("needs a number");
       const double scale = std::pow(10.0, static_cast<double>(int_arg(a, 0, "precision", 0)));
       const Value* method = a.get(1, "method");
-      const std::string m = method != nullptr ? to_string(*method) : "common";
+      const std::string m = method != nullptr ? text_of(*method) : "common";
       const double x = v.as_double() * scale;
       const double r = m == "floor" ? std::floor(x) : m == "ceil" ? std::ceil(x) : std::round(x);
       return r / scale;
     }
-    if (f == "wordcount") return static_cast<std::int64_t>(py_split(to_string(v), nullptr, -1).size());
+    if (f == "wordcount") return static_cast<std::int64_t>(py_split(text_of(v), nullptr, -1).size());
     if (f == "indent") {
-      const std::string pad(static_cast<std::size_t>(std::max<std::int64_t>(int_arg(a, 0, "width", 4), 0)), ' ');
+      const std::int64_t width = std::max<std::int64_t>(int_arg(a, 0, "width", 4), 0);
+      if (static_cast<std::uint64_t>(width) > limits_.max_output_bytes) string_too_long(limits_.max_output_bytes);
+      const std::string pad(static_cast<std::size_t>(width), ' ');
       const Value* first = a.get(1, "first");
       const Value* blank = a.get(2, "blank");
       const Value newline("\n");
-      const auto lines = py_split(to_string(v), &newline, -1);
+      const auto lines = py_split(text_of(v), &newline, -1);
       std::string out;
       for (std::size_t i = 0; i < lines.size(); ++i) {
         if (i) out += '\n';
         const bool indent_it = (i > 0 || (first != nullptr && truthy(*first))) && (!lines[i].empty() || (blank != nullptr && truthy(*blank)));
         if (indent_it) out += pad;
         out += lines[i];
+        if (out.size() > limits_.max_output_bytes) string_too_long(limits_.max_output_bytes);
       }
       return out;
     }
@@ -1046,13 +1131,16 @@ class Renderer {
         throw Error(std::string("needs a string, got '") + type_name(v) + "'");
       }
     }
-    const std::string s = to_string(v);
+    const std::string s = text_of(v);
     if (f == "upper") return map_case(s, 1);
     if (f == "lower") return map_case(s, 0);
     if (f == "capitalize") return capitalize(s);
     if (f == "title") return title(s);
     if (f == "trim" || f == "strip") return py_strip(s, a.get(0, "chars"), true, true);
-    if (f == "replace") return py_replace(s, str_arg(a, 0, "old"), str_arg(a, 1, "new"), int_arg(a, 2, "count", -1));
+    if (f == "replace") {
+      return py_replace(s, str_arg(a, 0, "old"), str_arg(a, 1, "new"), int_arg(a, 2, "count", -1),
+                        limits_.max_output_bytes);
+    }
     if (f == "split") {
       List parts;
       for (auto& p : py_split(s, a.get(0, "sep"), int_arg(a, 1, "maxsplit", -1))) parts.emplace_back(std::move(p));
@@ -1070,11 +1158,15 @@ class Renderer {
     fn("namespace", [](const Arguments& a) {
       auto d = std::make_shared<Dict>();
       d->is_namespace = true;
+      const auto set = [&](const std::string& k, const Value& v) {
+        if (v.holds_namespace) throw Error("namespace(): attribute '" + k + "' would hold a namespace, which xpo does not allow");
+        d->set(k, v);
+      };
       for (const auto& p : a.positional) {
         if (!p.is_dict()) throw Error("namespace() takes keyword arguments or a dict");
-        for (const auto& [k, v] : p.dict().items) d->set(k, v);
+        for (const auto& [k, v] : p.dict().items) set(k, v);
       }
-      for (const auto& [k, v] : a.keyword) d->set(k, v);
+      for (const auto& [k, v] : a.keyword) set(k, v);
       return Value(std::move(d));
     });
     fn("dict", [](const Arguments& a) {
@@ -1082,8 +1174,8 @@ class Renderer {
       for (const auto& [k, v] : a.keyword) d->set(k, v);
       return Value(std::move(d));
     });
-    fn("raise_exception", [](const Arguments& a) -> Value {
-      throw Error("raise_exception: " + (a.positional.empty() ? std::string() : to_string(a.positional[0])));
+    fn("raise_exception", [max_bytes = limits_.max_output_bytes](const Arguments& a) -> Value {
+      throw Error("raise_exception: " + (a.positional.empty() ? std::string() : to_string(a.positional[0], max_bytes)));
     });
     std::size_t* iterations = &iterations_;
     const std::size_t budget = limits_.max_loop_iterations;
@@ -1102,13 +1194,17 @@ class Renderer {
         throw Error("range() takes 1 to 3 arguments");
       }
       if (step == 0) throw Error("range() step must not be zero");
-      const std::int64_t span = step > 0 ? stop - start : start - stop;
-      const std::int64_t n = span <= 0 ? 0 : (span + std::abs(step) - 1) / std::abs(step);
-      if (static_cast<std::uint64_t>(n) > budget - std::min(budget, *iterations)) {
+      // in unsigned arithmetic, which cannot overflow here: the span fits 64 bits, and every item lies in it
+      using U = std::uint64_t;
+      const U span = step > 0 ? (stop > start ? U(stop) - U(start) : 0) : (start > stop ? U(start) - U(stop) : 0);
+      const U stride = step > 0 ? U(step) : U(0) - U(step);
+      const U n = span / stride + (span % stride != 0 ? 1 : 0);
+      if (n > budget - std::min(budget, *iterations)) {
         throw Error("range() of " + std::to_string(n) + " items exceeds the loop iteration limit");
       }
       List out;
-      for (std::int64_t i = 0; i < n; ++i) out.emplace_back(start + i * step);
+      out.reserve(n);
+      for (U i = 0; i < n; ++i) out.emplace_back(static_cast<std::int64_t>(U(start) + i * U(step)));
       return Value::make_list(std::move(out));
     });
     fn("strftime_now", [](const Arguments& a) {
@@ -1127,6 +1223,7 @@ class Renderer {
   std::string out_;
   std::vector<std::unordered_map<std::string, Value>> scopes_;
   std::size_t iterations_ = 0;
+  std::size_t comparison_steps_left_;
   std::unordered_map<std::string, Value> globals_;
 };
 
@@ -1150,6 +1247,7 @@ class Template {
 
   // Renders with the given variables (name -> value).
   [[nodiscard]] std::string render(const Dict& variables) const {
+    const MeterScope meter(limits_.max_value_bytes);
     detail::Renderer renderer(limits_, variables);
     return renderer.run(*body_);
   }

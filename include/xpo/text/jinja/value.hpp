@@ -4,11 +4,14 @@
 // byte-identical with transformers' renderer.
 #pragma once
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -45,22 +48,79 @@ struct Undefined {
 };
 struct None {};
 
+// How deep lists and dicts may nest. Every traversal of a value (printing, comparing, freeing) recurses once per
+// level, so this bound is what keeps an untrusted template from exhausting the stack.
+inline constexpr std::uint32_t kMaxValueDepth = 512;
+
+// What the render in progress on this thread may still spend on values, in bytes: each string made or copied and
+// each list or dict made costs its size. Costs are never given back, so this bounds both the memory a template can
+// hold and the copying it can do (Limits::max_value_bytes). Template::render installs one for the length of a
+// render (MeterScope); outside a render nothing is counted.
+struct Meter {
+  std::size_t limit;
+  std::size_t left;
+};
+inline thread_local Meter* active_meter = nullptr;
+
+inline void charge(std::size_t bytes) {
+  Meter* m = active_meter;
+  if (m == nullptr) return;
+  if (bytes > m->left) {
+    throw Error("the template's values need more than the limit of " + std::to_string(m->limit) +
+                " bytes (Limits::max_value_bytes)");
+  }
+  m->left -= bytes;
+}
+
+// Installs a meter of `limit` bytes for its lifetime, or, with std::nullopt, pauses metering (for the renderer's
+// own bookkeeping, such as the `loop` object made for every iteration, which the loop limit already bounds).
+class MeterScope {
+ public:
+  explicit MeterScope(std::optional<std::size_t> limit)
+      : meter_{limit.value_or(0), limit.value_or(0)}, saved_(active_meter) {
+    active_meter = limit ? &meter_ : nullptr;
+  }
+  ~MeterScope() { active_meter = saved_; }
+  MeterScope(const MeterScope&) = delete;
+  MeterScope& operator=(const MeterScope&) = delete;
+
+ private:
+  Meter meter_;
+  Meter* saved_;
+};
+
 struct Value {
   std::variant<Undefined, None, bool, std::int64_t, double, std::string, std::shared_ptr<List>, std::shared_ptr<Dict>,
                std::shared_ptr<Function>>
       v;
+  // Measured when a list or dict is wrapped (they are not changed afterwards, except namespaces, see Dict):
+  // `depth` is 1 + the deepest item's (a namespace counts 1), `holds_namespace` says whether a namespace is in it.
+  std::uint32_t depth = 0;
+  bool holds_namespace = false;
 
   Value() = default;
+  Value(const Value& o) : v(metered(o)), depth(o.depth), holds_namespace(o.holds_namespace) {}
+  Value(Value&&) noexcept = default;
+  Value& operator=(const Value& o) {
+    if (this != &o) {
+      v = metered(o);
+      depth = o.depth;
+      holds_namespace = o.holds_namespace;
+    }
+    return *this;
+  }
+  Value& operator=(Value&&) noexcept = default;
+  ~Value() = default;
   Value(Undefined u) : v(std::move(u)) {}                   // NOLINT(google-explicit-constructor)
   Value(None) : v(None{}) {}                                // NOLINT
   Value(bool b) : v(b) {}                                   // NOLINT
   Value(std::int64_t i) : v(i) {}                           // NOLINT
   Value(int i) : v(static_cast<std::int64_t>(i)) {}         // NOLINT
   Value(double d) : v(d) {}                                 // NOLINT
-  Value(std::string s) : v(std::move(s)) {}                 // NOLINT
-  Value(const char* s) : v(std::string(s)) {}               // NOLINT
-  Value(std::shared_ptr<List> l) : v(std::move(l)) {}       // NOLINT
-  Value(std::shared_ptr<Dict> d) : v(std::move(d)) {}       // NOLINT
+  Value(std::string s) : v((charge(s.size()), std::move(s))) {}  // NOLINT
+  Value(const char* s) : Value(std::string(s)) {}                 // NOLINT
+  Value(std::shared_ptr<List> l) : v(std::move(l)) { measure(); }  // NOLINT
+  Value(std::shared_ptr<Dict> d) : v(std::move(d)) { measure(); }  // NOLINT
   Value(std::shared_ptr<Function> f) : v(std::move(f)) {}   // NOLINT
 
   [[nodiscard]] bool is_undefined() const { return std::holds_alternative<Undefined>(v); }
@@ -86,10 +146,19 @@ struct Value {
 
   static Value make_list(List items = {}) { return Value(std::make_shared<List>(std::move(items))); }
   static Value make_dict();
+
+ private:
+  void measure();  // sets depth and holds_namespace, charges the items; throws Error past kMaxValueDepth
+  static const decltype(v)& metered(const Value& o) {  // a copied string is charged before it is copied
+    if (const auto* s = std::get_if<std::string>(&o.v)) charge(s->size());
+    return o.v;
+  }
 };
 
 // An insertion-ordered dict (Python 3.7+). `is_namespace` marks namespace() objects, the only ones whose
-// attributes a template may assign.
+// attributes a template may assign, and so the only values that change after they are made. A namespace may not
+// hold another namespace (Jinja allows it; xpo refuses it): then no value can contain itself, every value is freed
+// when its last reference goes, and nothing nests deeper than 2 * kMaxValueDepth + 1.
 struct Dict {
   std::vector<std::pair<std::string, Value>> items;
   bool is_namespace = false;
@@ -112,6 +181,27 @@ struct Dict {
 };
 
 inline Value Value::make_dict() { return Value(std::make_shared<Dict>()); }
+
+inline void Value::measure() {
+  std::uint32_t deepest = 0;
+  const auto take = [&](const Value& item) {
+    deepest = std::max(deepest, item.depth);
+    holds_namespace = holds_namespace || item.holds_namespace;
+  };
+  if (is_list()) {
+    charge(list().size() * sizeof(Value));
+    for (const auto& item : list()) take(item);
+  } else {
+    charge(dict().items.size() * sizeof(std::pair<std::string, Value>));
+    if (dict().is_namespace) {
+      holds_namespace = true;  // its attributes were checked when they were set, and may change: count it as 1
+    } else {
+      for (const auto& [_, item] : dict().items) take(item);
+    }
+  }
+  depth = deepest + 1;
+  if (depth > kMaxValueDepth) throw Error("lists and dicts nest more than " + std::to_string(kMaxValueDepth) + " levels deep");
+}
 
 // Arguments of a call: positional and keyword.
 struct Arguments {
@@ -200,43 +290,84 @@ inline std::string python_repr(const std::string& s) {
   return out;
 }
 
-std::string to_string(const Value& x);
+namespace detail {
 
-inline std::string repr(const Value& x) {
-  if (x.is_string()) return python_repr(x.str());
-  return to_string(x);
+[[noreturn]] inline void text_too_long(std::size_t max_bytes) {
+  throw Error("the text of a value is longer than the limit of " + std::to_string(max_bytes) + " bytes");
 }
 
-// What {{ x }} prints (Python's str(), Jinja's empty Undefined).
-inline std::string to_string(const Value& x) {
-  return std::visit(
-      [&](const auto& a) -> std::string {
+// Appends Python's str(x) (or repr(x) if `quoted`) to `out`; throws Error once `out` is longer than `max_bytes`.
+// Lists may share items, so a value's text can be exponentially longer than the value: the bound is checked as
+// the text grows, never after.
+inline void append_text(const Value& x, bool quoted, std::string& out, std::size_t max_bytes) {
+  std::visit(
+      [&](const auto& a) {
         using T = std::decay_t<decltype(a)>;
-        if constexpr (std::is_same_v<T, Undefined>) return "";
-        else if constexpr (std::is_same_v<T, None>) return "None";
-        else if constexpr (std::is_same_v<T, bool>) return a ? "True" : "False";
-        else if constexpr (std::is_same_v<T, std::int64_t>) return std::to_string(a);
-        else if constexpr (std::is_same_v<T, double>) return python_float(a);
-        else if constexpr (std::is_same_v<T, std::string>) return a;
-        else if constexpr (std::is_same_v<T, std::shared_ptr<List>>) {
-          std::string out = "[";
-          for (std::size_t i = 0; i < a->size(); ++i) out += (i ? ", " : "") + repr((*a)[i]);
-          return out + "]";
-        } else if constexpr (std::is_same_v<T, std::shared_ptr<Dict>>) {
-          std::string out = a->is_namespace ? "<Namespace {" : "{";
-          for (std::size_t i = 0; i < a->items.size(); ++i) {
-            out += (i ? ", " : "") + python_repr(a->items[i].first) + ": " + repr(a->items[i].second);
+        if constexpr (std::is_same_v<T, Undefined>) {
+        } else if constexpr (std::is_same_v<T, None>) {
+          out += "None";
+        } else if constexpr (std::is_same_v<T, bool>) {
+          out += a ? "True" : "False";
+        } else if constexpr (std::is_same_v<T, std::int64_t>) {
+          out += std::to_string(a);
+        } else if constexpr (std::is_same_v<T, double>) {
+          out += python_float(a);
+        } else if constexpr (std::is_same_v<T, std::string>) {
+          out += quoted ? python_repr(a) : a;
+        } else if constexpr (std::is_same_v<T, std::shared_ptr<List>>) {
+          out += '[';
+          for (std::size_t i = 0; i < a->size() && out.size() <= max_bytes; ++i) {
+            if (i) out += ", ";
+            append_text((*a)[i], true, out, max_bytes);
           }
-          return out + (a->is_namespace ? "}>" : "}");
+          out += ']';
+        } else if constexpr (std::is_same_v<T, std::shared_ptr<Dict>>) {
+          out += a->is_namespace ? "<Namespace {" : "{";
+          for (std::size_t i = 0; i < a->items.size() && out.size() <= max_bytes; ++i) {
+            if (i) out += ", ";
+            out += python_repr(a->items[i].first);
+            out += ": ";
+            append_text(a->items[i].second, true, out, max_bytes);
+          }
+          out += a->is_namespace ? "}>" : "}";
         } else {
-          return "<built-in function " + a->name + ">";
+          out += "<built-in function " + a->name + ">";
         }
       },
       x.v);
+  if (out.size() > max_bytes) text_too_long(max_bytes);
 }
 
-// Python equality (1 == 1.0 == True; lists and dicts element-wise).
-inline bool equal(const Value& a, const Value& b) {
+}  // namespace detail
+
+inline constexpr std::size_t kUnbounded = std::numeric_limits<std::size_t>::max();
+
+// What {{ x }} prints (Python's str(), Jinja's empty Undefined), at most max_bytes long (else Error).
+inline std::string to_string(const Value& x, std::size_t max_bytes = kUnbounded) {
+  if (x.is_string()) {
+    if (x.str().size() > max_bytes) detail::text_too_long(max_bytes);
+    return x.str();
+  }
+  std::string out;
+  detail::append_text(x, false, out, max_bytes);
+  return out;
+}
+
+inline std::string repr(const Value& x, std::size_t max_bytes = kUnbounded) {
+  std::string out;
+  detail::append_text(x, true, out, max_bytes);
+  return out;
+}
+
+// Python equality (1 == 1.0 == True; lists and dicts item by item, an item equal to itself as Python's
+// identity shortcut has it). Each step spends one unit of `budget`; Error when it runs out, as items may be shared
+// and a comparison exponentially longer than the values.
+inline bool equal(const Value& a, const Value& b, std::size_t& budget) {
+  const auto spend = [&](std::size_t steps) {
+    if (steps > budget) throw Error("comparing the values takes more steps than the limit");
+    budget -= steps;
+  };
+  spend(1);
   if (a.is_number() && b.is_number()) {
     if (std::holds_alternative<double>(a.v) || std::holds_alternative<double>(b.v)) return a.as_double() == b.as_double();
     return a.as_int() == b.as_int();
@@ -246,29 +377,38 @@ inline bool equal(const Value& a, const Value& b) {
   if (a.is_string()) return a.str() == b.str();
   if (a.is_list()) {
     const auto &x = a.list(), &y = b.list();
+    if (&x == &y) return true;
     if (x.size() != y.size()) return false;
     for (std::size_t i = 0; i < x.size(); ++i) {
-      if (!equal(x[i], y[i])) return false;
+      if (!equal(x[i], y[i], budget)) return false;
     }
     return true;
   }
   if (a.is_dict()) {
     const auto &x = a.dict(), &y = b.dict();
+    if (&x == &y) return true;
     if (x.items.size() != y.items.size()) return false;
     for (const auto& [k, val] : x.items) {
+      spend(y.items.size());  // the look-up
       const Value* other = y.find(k);
-      if (other == nullptr || !equal(val, *other)) return false;
+      if (other == nullptr || !equal(val, *other, budget)) return false;
     }
     return true;
   }
   return std::get<std::shared_ptr<Function>>(a.v) == std::get<std::shared_ptr<Function>>(b.v);
 }
 
+inline bool equal(const Value& a, const Value& b) {
+  std::size_t budget = kUnbounded;
+  return equal(a, b, budget);
+}
+
 // ---- JSON in and out -------------------------------------------------------------------------------------------
 
 // A JSON value (nlohmann::json or ordered_json; the latter keeps key order, as Python's json.loads does).
 template <typename Json>
-Value from_json(const Json& j) {
+Value from_json(const Json& j, std::uint32_t depth = 0) {
+  if (depth > kMaxValueDepth) throw Error("JSON nests more than " + std::to_string(kMaxValueDepth) + " levels deep");
   if (j.is_null()) return None{};
   if (j.is_boolean()) return j.template get<bool>();
   if (j.is_number_integer()) return j.template get<std::int64_t>();
@@ -277,22 +417,31 @@ Value from_json(const Json& j) {
   if (j.is_array()) {
     List items;
     items.reserve(j.size());
-    for (const auto& e : j) items.push_back(from_json(e));
+    for (const auto& e : j) items.push_back(from_json(e, depth + 1));
     return Value::make_list(std::move(items));
   }
   auto d = std::make_shared<Dict>();
-  for (auto it = j.begin(); it != j.end(); ++it) d->items.emplace_back(it.key(), from_json(it.value()));
+  for (auto it = j.begin(); it != j.end(); ++it) d->items.emplace_back(it.key(), from_json(it.value(), depth + 1));
   return Value(std::move(d));
 }
 
 // Python's json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=False), as transformers' tojson filter
 // calls it: separators ", " / ": " without indent, "," / ": " with it.
-inline void dump_json(const Value& x, int indent, int depth, std::string& out, int line, int column) {
+// The text may not grow past max_bytes (TemplateError).
+inline void dump_json(const Value& x, int indent, int depth, std::string& out, int line, int column,
+                      std::size_t max_bytes = kUnbounded) {
   if (depth > 256) throw TemplateError("tojson: nesting deeper than 256", line, column);
+  if (out.size() > max_bytes) {
+    throw TemplateError("tojson: the text is longer than the limit of " + std::to_string(max_bytes) + " bytes", line, column);
+  }
   const auto newline = [&](int d) {
     if (indent < 0) return;
+    const std::size_t spaces = static_cast<std::size_t>(indent) * static_cast<std::size_t>(d);  // < 2^31 * 258: no overflow
+    if (spaces > max_bytes - std::min(max_bytes, out.size() + 1)) {
+      throw TemplateError("tojson: the text is longer than the limit of " + std::to_string(max_bytes) + " bytes", line, column);
+    }
     out += '\n';
-    out.append(static_cast<std::size_t>(indent * d), ' ');
+    out.append(spaces, ' ');
   };
   if (x.is_undefined() || x.is_function()) {
     throw TemplateError("tojson: " + std::string(x.is_undefined() ? "an undefined value" : "a function") +
@@ -341,7 +490,7 @@ inline void dump_json(const Value& x, int indent, int depth, std::string& out, i
     for (std::size_t i = 0; i < l.size(); ++i) {
       if (i) out += indent < 0 ? ", " : ",";
       newline(depth + 1);
-      dump_json(l[i], indent, depth + 1, out, line, column);
+      dump_json(l[i], indent, depth + 1, out, line, column, max_bytes);
     }
     newline(depth);
     out += ']';
@@ -355,9 +504,9 @@ inline void dump_json(const Value& x, int indent, int depth, std::string& out, i
     for (std::size_t i = 0; i < d.items.size(); ++i) {
       if (i) out += indent < 0 ? ", " : ",";
       newline(depth + 1);
-      dump_json(Value(d.items[i].first), indent, depth + 1, out, line, column);
+      dump_json(Value(d.items[i].first), indent, depth + 1, out, line, column, max_bytes);
       out += ": ";
-      dump_json(d.items[i].second, indent, depth + 1, out, line, column);
+      dump_json(d.items[i].second, indent, depth + 1, out, line, column, max_bytes);
     }
     newline(depth);
     out += '}';
