@@ -227,6 +227,16 @@ TEST(JinjaErrors, IntegersNeverWrap) {
   EXPECT_EQ(render("{{ range(-" + max + ", " + max + ", 4611686018427387904)|list }} {{ range(5, -5, -3)|list }}"),
             "[-9223372036854775807, -4611686018427387903, 1, 4611686018427387905] [5, 2, -1, -4]");
   expect_template_error("{{ range(" + max + ")|length }}", "exceeds the loop iteration limit");
+  // numbers from text, as Python reads them: a float literal too large is inf (it threw std::out_of_range, found
+  // by fuzzing); int() and float() of a string take all of it or fall back to the default
+  EXPECT_EQ(render("{{ 1e9300 }} {{ -1e9300 }} {{ 1e-9300 }}"), "inf -inf 0.0");
+  expect_template_error("{{ 1e9300|int }}", "integer overflow");
+  EXPECT_EQ(render("{{ '1e999'|float }} {{ '12abc'|float }} {{ 'nan'|float }} {{ ' 2.5 '|float }} {{ '0x10'|float }}"),
+            "inf 0.0 nan 2.5 0.0");
+  EXPECT_EQ(render("{{ '12abc'|int }} {{ '1e3'|int }} {{ ' 42 '|int }} {{ '0x10'|int }} {{ '-7.9'|int }} {{ '+5'|int }} "
+                   "{{ '+-5'|int }} {{ 'x'|int(default=3) }}"),
+            "0 1000 42 0 -7 5 0 3");
+  EXPECT_EQ(render("[{{ [1, 2].1 }}|{{ [1, 2].99999999999999999999 }}]"), "[2|]");
 }
 
 // Strings and values a template makes are bounded while they are made, not after.

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdlib>
 #include <ctime>
 #include <map>
 #include <memory>
@@ -802,7 +803,7 @@ class Parser {
       }
       case Tok::floating: {
         auto e = make_expr(Expr::Kind::literal, t);
-        e->literal = std::stod(next().text);
+        e->literal = std::strtod(next().text.c_str(), nullptr);  // as Python: 1e999 is inf, 1e-999 is 0.0
         return e;
       }
       case Tok::name: {

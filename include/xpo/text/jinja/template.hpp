@@ -4,11 +4,13 @@
 #pragma once
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <ctime>
 #include <limits>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -129,6 +131,27 @@ inline std::optional<std::int64_t> int_of(double d) {
   if (std::isnan(d)) return std::nullopt;
   if (!(d >= -0x1p63 && d < 0x1p63)) integer_overflow();
   return static_cast<std::int64_t>(d);
+}
+
+// The whole of `s` as a Python int literal (an optional sign, then digits), if it is one and fits 64 bits.
+inline std::optional<std::int64_t> parse_int(std::string_view s) {
+  if (s.size() > 1 && s[0] == '+' && s[1] != '-') s.remove_prefix(1);
+  std::int64_t v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+// The whole of `s` as Python's float() reads it (decimal, inf, nan; no hex), if it is one. Like Python, a value
+// too large is +-inf and one too small is 0 (Python's float literals and float('1e999') alike).
+inline std::optional<double> parse_float(const std::string& s) {
+  if (s.empty() || s.find_first_of("xX") != std::string::npos || std::isspace(static_cast<unsigned char>(s[0]))) {
+    return std::nullopt;
+  }
+  char* end = nullptr;
+  const double d = std::strtod(s.c_str(), &end);
+  if (end != s.c_str() + s.size()) return std::nullopt;
+  return d;
 }
 
 // [[noreturn]] for a string that would pass `max_bytes`
@@ -471,7 +494,7 @@ class Renderer {
       return Undefined{name};
     }
     if (obj.is_list() && !name.empty() && std::isdigit(static_cast<unsigned char>(name[0]))) {
-      return get_item(obj, Value(static_cast<std::int64_t>(std::stoll(name))), e);
+      if (const auto i = parse_int(name)) return get_item(obj, Value(*i), e);
     }
     return Undefined{name};
   }
@@ -1072,10 +1095,11 @@ class Renderer {
       if (v.is_number()) {
         if (const auto i = int_of(v.as_double())) return *i;
       }
-      if (v.is_string()) {
-        try {
-          return static_cast<std::int64_t>(std::stoll(py_strip(v.str(), nullptr, true, true)));
-        } catch (const std::exception&) {
+      if (v.is_string()) {  // Jinja: int(s), else int(float(s)), else the default
+        const std::string t = py_strip(v.str(), nullptr, true, true);
+        if (const auto i = parse_int(t)) return *i;
+        if (const auto x = parse_float(t)) {
+          if (const auto i = int_of(*x)) return *i;
         }
       }
       const Value* d = a.get(0, "default");
@@ -1084,10 +1108,7 @@ class Renderer {
     if (f == "float") {
       if (v.is_number()) return v.as_double();
       if (v.is_string()) {
-        try {
-          return std::stod(py_strip(v.str(), nullptr, true, true));
-        } catch (const std::exception&) {
-        }
+        if (const auto x = parse_float(py_strip(v.str(), nullptr, true, true))) return *x;
       }
       const Value* d = a.get(0, "default");
       return d != nullptr ? *d : Value(0.0);
