@@ -482,6 +482,35 @@ TEST_F(CliTest, ALostRankEndsTheJobWithAClearError) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
 }
 
+// A rank that hangs (SIGSTOP: alive, connected, silent) ends the job too: the other rank's next collective gives up
+// after --dist_timeout, and the launcher stops the hung one. Without the timeout this run would never end.
+TEST_F(CliTest, AHungRankEndsTheJobWithinTheTimeout) {
+  const auto out = dir_ / "hung";
+  auto args = tiny_run(write_prompts("p.jsonl", 8, false), out);
+  set_flag(args, "--max_steps", "100000");
+  set_flag(args, "--save_steps", "100000");
+  set_flag(args, "--per_device_train_batch_size", "1");
+  args.insert(args.end(), {"--reward_rule", "positivity", "--nproc", "2", "--dist_timeout", "5"});
+  auto stopped = std::chrono::steady_clock::now();
+  const auto r = train(args, [&](pid_t pid) {
+    EXPECT_TRUE(xpo::test::wait_until([&] { return fs::exists(out / "metrics.jsonl") && fs::file_size(out / "metrics.jsonl") > 0; },
+                                      std::chrono::seconds(120)));
+    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+    std::vector<pid_t> ranks;
+    for (pid_t p; in >> p;) ranks.push_back(p);
+    ASSERT_EQ(ranks.size(), 2u);
+    stopped = std::chrono::steady_clock::now();
+    ::kill(ranks[1], SIGSTOP);
+  });
+  EXPECT_NE(r.status, 0);
+  EXPECT_CONTAINS(r.err, "rank 0 of 2: ");
+  EXPECT_CONTAINS(r.err, "failed (another rank died, hung or cannot be reached; timeout 5");
+  EXPECT_CONTAINS(r.err, "xpo-train: rank 0 (pid ");
+  EXPECT_CONTAINS(r.err, "stopping the other ranks");
+  // the timeout, plus at most one step of rank 0 before its next collective, plus exiting: far below a minute
+  EXPECT_LT(std::chrono::steady_clock::now() - stopped, std::chrono::seconds(60));
+}
+
 // --temperature 0 answers greedily: exactly what the library's greedy decoding of the chat-formatted prompt gives.
 TEST_F(CliTest, ChatPromptAnswersLikeGreedyGeneration) {
   const auto r = chat({"--model_name_or_path", tiny_policy(), "--prompt", "hello there", "--temperature", "0", "--max_new_tokens", "12"});
