@@ -85,7 +85,7 @@ for target in safetensors tokenizer chat_template jsonl config; do
        -artifact_prefix="build-fuzz/findings/$target-" -print_final_stats=1 2> "build-fuzz/$target.log"; then
     echo "fuzz: $target FOUND something: see build-fuzz/$target.log and build-fuzz/findings/" >&2
     # the report: the sanitizer's or libFuzzer's error, the top of its stack, the input saved
-    grep -E -A24 "^==[0-9]+==ERROR|^ERROR: libFuzzer|uncaught exception|terminate called" "build-fuzz/$target.log" | head -40 >&2 || true
+    grep -E -A24 "^==[0-9]+== ?ERROR|^ERROR: libFuzzer|uncaught exception|terminate called" "build-fuzz/$target.log" | head -40 >&2 || true
     grep -E "^artifact_prefix|Test unit written to|^Base64:" "build-fuzz/$target.log" >&2 || true
     status=1
   fi
