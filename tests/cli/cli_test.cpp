@@ -62,6 +62,24 @@ class CliTest : public xpo::test::ScratchDir {
     args.at(static_cast<std::size_t>(std::find(args.begin(), args.end(), flag) - args.begin()) + 1) = value;
   }
   static std::vector<json> metrics(const fs::path& out) { return xpo::test::read_jsonl(out / "metrics.jsonl"); }
+  // For the fault tests: a run over `--nproc 2` ranks that would go on for ever (one prompt per rank and step).
+  std::vector<std::string> endless_two_rank_run(const fs::path& out, const std::string& dist_timeout) {
+    auto args = tiny_run(write_prompts("p.jsonl", 8, false), out);
+    set_flag(args, "--max_steps", "100000");
+    set_flag(args, "--save_steps", "100000");
+    set_flag(args, "--per_device_train_batch_size", "1");
+    args.insert(args.end(), {"--reward_rule", "positivity", "--nproc", "2", "--dist_timeout", dist_timeout});
+    return args;
+  }
+  // Once `out` has its first logged step, the launcher `pid`'s child processes: the ranks, in start order.
+  static std::vector<pid_t> ranks_once_training(pid_t pid, const fs::path& out) {
+    EXPECT_TRUE(xpo::test::wait_until([&] { return fs::exists(out / "metrics.jsonl") && fs::file_size(out / "metrics.jsonl") > 0; },
+                                      std::chrono::seconds(120)));
+    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+    std::vector<pid_t> ranks;
+    for (pid_t p; in >> p;) ranks.push_back(p);
+    return ranks;
+  }
   static fs::path only_event_file(const fs::path& out) {
     std::vector<fs::path> files;
     for (const auto& e : fs::directory_iterator(out / "runs")) files.push_back(e.path());
@@ -426,22 +444,10 @@ TEST_F(CliTest, TwoRanksMatchOneRankWithTheGlobalBatchAndResume) {
 // an error instead of waiting, well within --dist_timeout.
 TEST_F(CliTest, ALostRankEndsTheJobWithAClearError) {
   const auto out = dir_ / "lost";
-  auto args = tiny_run(write_prompts("p.jsonl", 8, false), out);
-  set_flag(args, "--max_steps", "100000");
-  set_flag(args, "--save_steps", "100000");
-  set_flag(args, "--per_device_train_batch_size", "1");
-  args.insert(args.end(), {"--reward_rule", "positivity", "--nproc", "2", "--dist_timeout", "30"});
-  const auto children = [](pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-    std::vector<pid_t> pids;
-    for (pid_t p; in >> p;) pids.push_back(p);
-    return pids;
-  };
+  const auto args = endless_two_rank_run(out, "30");
   auto start = std::chrono::steady_clock::now();
   const auto r = train(args, [&](pid_t pid) {
-    EXPECT_TRUE(xpo::test::wait_until([&] { return fs::exists(out / "metrics.jsonl") && fs::file_size(out / "metrics.jsonl") > 0; },
-                                      std::chrono::seconds(120)));
-    const auto ranks = children(pid);
+    const auto ranks = ranks_once_training(pid, out);
     ASSERT_EQ(ranks.size(), 2u);
     start = std::chrono::steady_clock::now();
     ::kill(ranks[1], SIGKILL);
@@ -486,18 +492,9 @@ TEST_F(CliTest, ALostRankEndsTheJobWithAClearError) {
 // after --dist_timeout, and the launcher stops the hung one. Without the timeout this run would never end.
 TEST_F(CliTest, AHungRankEndsTheJobWithinTheTimeout) {
   const auto out = dir_ / "hung";
-  auto args = tiny_run(write_prompts("p.jsonl", 8, false), out);
-  set_flag(args, "--max_steps", "100000");
-  set_flag(args, "--save_steps", "100000");
-  set_flag(args, "--per_device_train_batch_size", "1");
-  args.insert(args.end(), {"--reward_rule", "positivity", "--nproc", "2", "--dist_timeout", "5"});
   auto stopped = std::chrono::steady_clock::now();
-  const auto r = train(args, [&](pid_t pid) {
-    EXPECT_TRUE(xpo::test::wait_until([&] { return fs::exists(out / "metrics.jsonl") && fs::file_size(out / "metrics.jsonl") > 0; },
-                                      std::chrono::seconds(120)));
-    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-    std::vector<pid_t> ranks;
-    for (pid_t p; in >> p;) ranks.push_back(p);
+  const auto r = train(endless_two_rank_run(out, "5"), [&](pid_t pid) {
+    const auto ranks = ranks_once_training(pid, out);
     ASSERT_EQ(ranks.size(), 2u);
     stopped = std::chrono::steady_clock::now();
     ::kill(ranks[1], SIGSTOP);
