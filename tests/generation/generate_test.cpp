@@ -1,5 +1,6 @@
 // xpo/generation: greedy decoding equals transformers' generate() on every fixture model; sampling is seeded,
-// reduces to greedy in the limits, and draws from softmax(logits / temperature) (a chi-square test).
+// reduces to greedy in the limits, and draws from softmax(logits / temperature) (a chi-square test), from one
+// generator or from one counter-based stream per row (a row's sample then does not depend on its batch).
 #include <gtest/gtest.h>
 
 #include <xpo/generation/generate.hpp>
@@ -108,7 +109,7 @@ double chi_square_quantile(double df, double z) {
 }
 
 // Counts of the first sampled token vs the expected multinomial: chi-square over bins with expected count >= 5
-// (the rest pooled). False-alarm rate per check: 1e-4 (z = 3.719); three checks, so below 3e-4 per run.
+// (the rest pooled). False-alarm rate per check: 1e-4 (z = 3.719); six checks, so below 6e-4 per run.
 void expect_distribution(const torch::Tensor& samples, const torch::Tensor& probs, const std::string& what) {
   const auto n = static_cast<double>(samples.numel());
   const auto counts = torch::bincount(samples, {}, probs.size(0)).to(torch::kDouble);
@@ -160,10 +161,61 @@ TEST(Generate, SamplesFollowTheProcessedDistribution) {
     const auto expected = base * keep / (base * keep).sum();
     EXPECT_TRUE(xpo::test::max_abs_within(xpo::generation::process_logits(logits, options).softmax(-1).squeeze(0), expected, 1e-6))
         << "process_logits";
+    const auto what = "temperature " + std::to_string(temperature) + " top_k " + std::to_string(top_k) + " top_p " + std::to_string(top_p);
     const auto out = xpo::generation::generate(model, ids, mask, options, gen);
-    expect_distribution(out.completion_ids.select(1, 0), expected,
-                        "temperature " + std::to_string(temperature) + " top_k " + std::to_string(top_k) + " top_p " + std::to_string(top_p));
+    expect_distribution(out.completion_ids.select(1, 0), expected, what + " (one generator)");
+    // The same with one counter-based stream per row (what the trainer uses): sampling by inversion.
+    xpo::generation::RowStreams streams;
+    for (std::int64_t i = 0; i < copies; ++i) streams.keys.push_back(xpo::generation::RowStreams::key({99, temperature > 1 ? 1u : 0u, static_cast<std::uint64_t>(i)}));
+    const auto by_row = xpo::generation::generate(model, ids, mask, options, streams);
+    expect_distribution(by_row.completion_ids.select(1, 0), expected, what + " (row streams)");
   }
+}
+
+// With row streams a row's sample is a function of its prompt and its key only: the same in any batch (here:
+// alone, or in the batch reversed), with or without the KV cache, and repeatable; other keys give other samples.
+TEST(Generate, RowStreamsMakeARowsSampleIndependentOfItsBatch) {
+  for (const auto& folder : causal_folders()) {
+    SCOPED_TRACE(folder.string());
+    auto model = xpo::models::load_causal_lm(folder);
+    const auto reference = xpo::test::read_json(folder / "reference.json");
+    const auto& g = reference.at("greedy");
+    auto options = greedy_options(g);
+    options.temperature = 1.0;
+    const auto ids = to_tensor(g.at("input_ids"), torch::kLong), mask = to_tensor(g.at("attention_mask"), torch::kLong);
+    const auto b = ids.size(0);
+    ASSERT_GE(b, 2) << "the fixture's greedy batch must have several rows";
+    xpo::generation::RowStreams streams, reversed, others;
+    for (std::int64_t i = 0; i < b; ++i) {
+      streams.keys.push_back(xpo::generation::RowStreams::key({7, static_cast<std::uint64_t>(i)}));
+      others.keys.push_back(xpo::generation::RowStreams::key({8, static_cast<std::uint64_t>(i)}));
+    }
+    reversed.keys.assign(streams.keys.rbegin(), streams.keys.rend());
+    const auto width = options.max_new_tokens;
+    const auto run = [&](const torch::Tensor& i, const torch::Tensor& m, const xpo::generation::RowStreams& s) {
+      return padded(xpo::generation::generate(model, i, m, options, s).completion_ids, width, options.pad_token_id);
+    };
+    const auto all = run(ids, mask, streams);
+    EXPECT_TRUE(run(ids, mask, streams).equal(all)) << "repeatable";
+    EXPECT_FALSE(run(ids, mask, others).equal(all)) << "other keys, other samples (all rows equal is vanishingly unlikely)";
+    const auto flip = torch::arange(b - 1, -1, -1, torch::kLong);
+    EXPECT_TRUE(run(ids.index_select(0, flip), mask.index_select(0, flip), reversed).equal(all.index_select(0, flip))) << "batch reversed";
+    options.use_cache = false;
+    EXPECT_TRUE(run(ids, mask, streams).equal(all)) << "full recompute";
+    options.use_cache = true;
+    for (std::int64_t i = 0; i < b; ++i) {
+      const auto length = mask[i].sum().item<std::int64_t>();
+      const auto alone = ids[i].narrow(0, ids.size(1) - length, length).unsqueeze(0);  // left padding removed
+      EXPECT_TRUE(run(alone, torch::ones_like(alone), xpo::generation::RowStreams{{streams.keys[i]}}).equal(all.narrow(0, i, 1)))
+          << "row " << i << " alone";
+    }
+  }
+  auto model = xpo::models::load_causal_lm(causal_folders().front());
+  xpo::generation::SamplingOptions options;
+  options.eos_token_ids = {2};
+  const auto ids = torch::full({2, 3}, 5, torch::kLong);
+  EXPECT_THROW((void)xpo::generation::generate(model, ids, torch::ones_like(ids), options, xpo::generation::RowStreams{{1}}), xpo::Error)
+      << "one key per row";
 }
 
 TEST(Generate, StreamingCallbackSeesEveryStep) {

@@ -67,12 +67,12 @@ std::optional<std::int64_t> context_length(M& model) {
     return std::nullopt;
   }
 }
-}  // namespace detail
 
-// prompt_ids, prompt_mask [B, P] (left-padded) -> Generation. `gen` is this model's own random stream.
-template <CausalLanguageModel M>
-Generation generate(M& model, const torch::Tensor& prompt_ids, const torch::Tensor& prompt_mask,
-                    const SamplingOptions& options, at::Generator& gen, const TokenCallback& on_token = {}) {
+// prompt_ids, prompt_mask [B, P] (left-padded) -> Generation. draw(logits [B', V], step, rows [B']) picks the
+// active rows' tokens; rows maps them to the batch's original rows.
+template <CausalLanguageModel M, class Draw>
+Generation generate_with(M& model, const torch::Tensor& prompt_ids, const torch::Tensor& prompt_mask,
+                         const SamplingOptions& options, Draw&& draw, const TokenCallback& on_token) {
   options.validate();
   const auto b = prompt_ids.size(0), p = prompt_ids.size(1);
   const auto device = prompt_ids.device();
@@ -118,7 +118,7 @@ Generation generate(M& model, const torch::Tensor& prompt_ids, const torch::Tens
     if (!cached) logits = m.forward(prompt_ids, mask, prompt_positions).select(1, -1);
 
     for (std::int64_t step = 0; step < options.max_new_tokens; ++step) {
-      auto token = sample_next(logits, options, gen);           // [B']
+      auto token = draw(logits, step, rows);                    // [B']
       auto logprob = selective_log_softmax(logits, token);      // [B'] under the raw distribution
       const auto done_before = finished.index_select(0, rows);  // [B']
       token = token.masked_fill(done_before, options.pad_token_id);
@@ -168,6 +168,37 @@ Generation generate(M& model, const torch::Tensor& prompt_ids, const torch::Tens
   g.completion_mask = out.mask;
   g.token_logprobs = torch::stack(step_logprobs, 1).clone().masked_fill(out.mask.eq(0), 0.0);
   return g;
+}
+}  // namespace detail
+
+// prompt_ids, prompt_mask [B, P] (left-padded) -> Generation. `gen` is this model's own random stream: the rows
+// draw from it together, so a row's sample depends on the whole batch.
+template <CausalLanguageModel M>
+Generation generate(M& model, const torch::Tensor& prompt_ids, const torch::Tensor& prompt_mask,
+                    const SamplingOptions& options, at::Generator& gen, const TokenCallback& on_token = {}) {
+  return detail::generate_with(
+      model, prompt_ids, prompt_mask, options,
+      [&](const torch::Tensor& logits, std::int64_t, const torch::Tensor&) { return sample_next(logits, options, gen); }, on_token);
+}
+
+// The same with one counter-based stream per row (RowStreams): row i's sample depends only on its prompt and
+// streams.keys[i], whatever else is in the batch. Used by the trainer, so that data-parallel ranks sample what
+// one process with the global batch would.
+template <CausalLanguageModel M>
+Generation generate(M& model, const torch::Tensor& prompt_ids, const torch::Tensor& prompt_mask,
+                    const SamplingOptions& options, const RowStreams& streams, const TokenCallback& on_token = {}) {
+  if (static_cast<std::int64_t>(streams.keys.size()) != prompt_ids.size(0)) {
+    throw Error("generate: " + std::to_string(streams.keys.size()) + " row streams for a batch of " +
+                std::to_string(prompt_ids.size(0)) + " prompts");
+  }
+  const auto device = prompt_ids.device();
+  return detail::generate_with(
+      model, prompt_ids, prompt_mask, options,
+      [&](const torch::Tensor& logits, std::int64_t step, const torch::Tensor& rows) {
+        if (options.temperature == 0) return logits.argmax(-1);
+        return sample_next(logits, options, streams.uniforms(step, device).index_select(0, rows));
+      },
+      on_token);
 }
 
 }  // namespace xpo::generation

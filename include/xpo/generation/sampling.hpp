@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <optional>
 #include <string>
@@ -82,5 +83,51 @@ inline torch::Tensor sample_next(const torch::Tensor& logits, const SamplingOpti
   const auto probs = process_logits(logits, o).softmax(-1);
   return torch::multinomial(probs, 1, /*replacement=*/false, gen).squeeze(-1);
 }
+
+// One token per row by inversion: row i takes the first token whose cumulative probability exceeds
+// uniforms[i] (in [0, 1), [B] float64 on the logits' device). Filtered tokens (probability 0) are never taken.
+inline torch::Tensor sample_next(const torch::Tensor& logits, const SamplingOptions& o, const torch::Tensor& uniforms) {
+  if (o.temperature == 0) return logits.argmax(-1);
+  const auto probs = process_logits(logits, o).softmax(-1).to(torch::kDouble);  // [B, V]
+  const auto cdf = probs.cumsum(-1);
+  const auto last = probs.size(-1) - 1;
+  const auto target = uniforms.to(torch::kDouble).unsqueeze(-1) * cdf.narrow(-1, last, 1);  // below the total mass
+  const auto token = cdf.le(target).sum(-1).clamp_max(last);                                 // [B]
+  // Rounding can only land on a zero-probability token at the very end of the range: take the most likely then.
+  const auto usable = probs.gather(-1, token.unsqueeze(-1)).squeeze(-1).gt(0);
+  return torch::where(usable, token, probs.argmax(-1));
+}
+
+// Counter-based random streams, one per row: the uniform row i draws at decoding step s is a pure function of
+// (keys[i], s). A row's sample therefore does not depend on which rows share its batch, on the batch's order, or
+// on which process samples it — what data-parallel training needs for a rank's samples to equal the single-process
+// run's. Build a key from anything that identifies the draw (seed, stream, step, position) with RowStreams::key.
+struct RowStreams {
+  std::vector<std::uint64_t> keys;  // one per row of the batch
+
+  // SplitMix64's finaliser (Steele, Lea & Flood 2014): a bijection of 64-bit words with full avalanche.
+  static constexpr std::uint64_t mix(std::uint64_t x) noexcept {
+    x += 0x9E3779B97F4A7C15ULL;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+  }
+  // A key from a sequence of integers; different sequences give unrelated keys.
+  static constexpr std::uint64_t key(std::initializer_list<std::uint64_t> parts) noexcept {
+    std::uint64_t h = 0x6A09E667F3BCC909ULL;
+    for (const auto part : parts) h = mix(h ^ mix(part));
+    return h;
+  }
+  // Uniform in [0, 1) with 53 random bits, for row `row` at step `step`.
+  [[nodiscard]] double uniform(std::size_t row, std::int64_t step) const {
+    return static_cast<double>(mix(keys.at(row) ^ mix(static_cast<std::uint64_t>(step))) >> 11) * 0x1.0p-53;
+  }
+  // Every row's uniform at `step`: [B] float64 on `device`.
+  [[nodiscard]] torch::Tensor uniforms(std::int64_t step, torch::Device device) const {
+    std::vector<double> u(keys.size());
+    for (std::size_t i = 0; i < keys.size(); ++i) u[i] = uniform(i, step);
+    return torch::tensor(u, torch::kDouble).to(device);
+  }
+};
 
 }  // namespace xpo::generation

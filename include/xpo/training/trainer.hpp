@@ -1,7 +1,7 @@
 // xpo/training/trainer.hpp — xpo::Trainer<Model, Scorer, Loss, Schedule>: the online XPO loop of ALGORITHM.md §1.
 //
 //   for each optimizer step:                                       (gradient_accumulation_steps micro-batches)
-//     prompts ─► policy samples y_m, reference samples y_r          generation/, no grad, own RNG streams
+//     prompts ─► policy samples y_m, reference samples y_r          generation/, no grad, a stream per prompt
 //             ─► truncate after EOS ─► Scorer: rewards or judgement  scoring/
 //             ─► [prompt; y_m] and [prompt; y_r] as ONE 2B batch: policy forward (grad), reference forward
 //             ─► Loss(alpha, beta from the Schedule at floor(epoch)) ─► backward(loss / GA)
@@ -81,9 +81,7 @@ class Trainer {
           PromptDataset train_dataset, PromptDataset eval_dataset = {}, Loss loss = Loss{},
           std::optional<Schedule> schedule = std::nullopt)
       : policy_(std::move(policy)), scorer_(std::move(scorer)), tokenizer_(std::move(tokenizer)),
-        config_(validated(std::move(config))), loss_(std::move(loss)), schedule_(make_schedule(config_, std::move(schedule))),
-        policy_gen_(compat::make_generator(first_device(policy_), static_cast<std::uint64_t>(config_.seed))),
-        ref_gen_(compat::make_generator(first_device(policy_), static_cast<std::uint64_t>(config_.seed) + 1)) {
+        config_(validated(std::move(config))), loss_(std::move(loss)), schedule_(make_schedule(config_, std::move(schedule))) {
     torch::manual_seed(static_cast<std::uint64_t>(config_.seed));  // as the HF Trainer's set_seed (dropout, if on)
     if constexpr (requires { Loss::dpo_loss::name; }) {  // a built-in DPO loss must be the one the config names
       const std::string_view name = Loss::dpo_loss::name;
@@ -165,8 +163,10 @@ class Trainer {
   // Data-parallel training in `world` (distributed/world.hpp); call it on every rank before train() or
   // resume_from_checkpoint(). The policy's parameters are broadcast from rank 0; each optimizer step's global
   // batch is per_device_train_batch_size x world size prompts, split evenly over the ranks (the epoch's order is
-  // the same on every rank; a short last batch wraps to the epoch's first prompts so no rank is idle); rank r > 0
-  // samples from its own streams (seed + r * 1000003); gradients are averaged over ranks before clipping;
+  // the same on every rank; a short last batch wraps to the epoch's first prompts so no rank is idle); each
+  // prompt's samples come from its own streams, keyed by its place in the global batch (see sample_streams), so
+  // the ranks sample exactly what one process with the global batch would; gradients are averaged over ranks
+  // before clipping;
   // logged metrics are averaged over ranks (tokens_per_second is the job's total); only rank 0 calls on_log and
   // on_save and writes checkpoints and the final model, the others wait for it.
   void distribute(distributed::World world) {
@@ -174,7 +174,6 @@ class Trainer {
     plan_steps();
     std::vector<torch::Tensor> all = unwrap(policy_).parameters();
     world_.broadcast(all);
-    if (world_.rank() > 0) reseed_rank_streams(0);
   }
   [[nodiscard]] const distributed::World& world() const noexcept { return world_; }
 
@@ -239,17 +238,19 @@ class Trainer {
   }
 
   // One micro-batch (ALGORITHM.md §1.1–§1.7 up to backward): dataset rows -> gradients accumulated in the policy
-  // (scaled by 1/gradient_accumulation_steps) and the micro-step's metrics added to the log window.
+  // (scaled by 1/gradient_accumulation_steps) and the micro-step's metrics added to the log window. The samples
+  // are drawn from streams keyed by state().micro_step (optimizer_step advances it after each micro-batch).
   training::Metrics step(const std::vector<std::size_t>& rows, LossWeights weights) {
     const auto t0 = Clock::now();
     const Batch batch = make_batch(rows);
-    // 2. both samples, no grad, dropout off, each from its own random stream
+    // 2. both samples, no grad, dropout off, each prompt from its own random streams (one for the policy, one
+    //    for the reference)
     const auto sampling = sampling_options();
-    const auto model_gen = generation::generate(policy_, batch.ids, batch.mask, sampling, policy_gen_);
+    const auto model_gen = generation::generate(policy_, batch.ids, batch.mask, sampling, sample_streams(kPolicyStream, rows.size()));
     generation::Generation ref_gen;
     {
       ReferenceScope scope(*this);
-      ref_gen = generation::generate(reference(), batch.ids, batch.mask, sampling, ref_gen_);
+      ref_gen = generation::generate(reference(), batch.ids, batch.mask, sampling, sample_streams(kReferenceStream, rows.size()));
     }
     const auto t1 = Clock::now();
     // 3. truncate after the first EOS (generate already pads after it; this pins the mask rule)
@@ -293,7 +294,8 @@ class Trainer {
 
   // ---- checkpoints ----------------------------------------------------------------------------------------------
   // output_dir/checkpoint-N: the model (HF folder; under LoRA the PEFT adapter), the tokenizer files, optimizer
-  // state, RNG states and trainer_state.json. Written to a temporary folder and renamed, so an interrupted save
+  // state, the CPU generator's state (dropout's stream; sampling streams are keyed by the step, see
+  // sample_streams, and need no state) and trainer_state.json. Written to a temporary folder and renamed, so an interrupted save
   // never becomes the latest checkpoint; a failed one (disk full, folder unwritable) is an xpo::FileError that
   // leaves every earlier checkpoint as it was.
   std::filesystem::path save_checkpoint() {
@@ -318,8 +320,7 @@ class Trainer {
       save_weights(tmp, /*for_resume=*/true);
       copy_tokenizer_files(tmp);
       torch::save(*optimizer_, (tmp / "optimizer.pt").string());
-      std::vector<torch::Tensor> rng = {policy_gen_.get_state(), ref_gen_.get_state(),
-                                        compat::default_cpu_generator_state()};
+      std::vector<torch::Tensor> rng = {compat::default_cpu_generator_state()};
       torch::save(rng, (tmp / "rng_state.pt").string());
       auto state_json = state_.to_json();
       state_json["config"] = config_.to_json();
@@ -355,8 +356,8 @@ class Trainer {
     return folder;
   }
 
-  // Continues from a checkpoint folder (or "latest" in output_dir): weights, optimizer, RNG streams, position
-  // in the data. On the CPU, N steps + resume + N steps equals 2N steps bit for bit.
+  // Continues from a checkpoint folder (or "latest" in output_dir): weights, optimizer, the CPU generator,
+  // position in the data. On the CPU, N steps + resume + N steps equals 2N steps bit for bit.
   void resume_from_checkpoint(const std::string& which) {
     const auto folder = training::resolve_checkpoint(which, config_.output_dir);
     const auto saved = read_json_file(folder / "trainer_state.json");
@@ -370,14 +371,11 @@ class Trainer {
     torch::load(*optimizer_, (folder / "optimizer.pt").string());
     std::vector<torch::Tensor> rng;
     torch::load(rng, (folder / "rng_state.pt").string());
-    if (rng.size() != 3) throw FileError((folder / "rng_state.pt").string(), "expected three generator states");
-    policy_gen_.set_state(rng[0]);
-    ref_gen_.set_state(rng[1]);
-    compat::set_default_cpu_generator_state(rng[2]);  // dropout's stream, when dropout is on
+    if (rng.size() != 1) throw FileError((folder / "rng_state.pt").string(), "expected one generator state (the CPU's)");
+    compat::set_default_cpu_generator_state(rng[0]);  // dropout's stream, when dropout is on
     state.max_steps = state_.max_steps;  // the run's length comes from this run's config
     state_ = std::move(state);
     window_ = {};
-    if (world_.rank() > 0) reseed_rank_streams(static_cast<std::uint64_t>(state_.global_step));  // rank 0's were saved
   }
 
   // The trained model as a Hugging Face folder (LoRA merged) plus the tokenizer files.
@@ -611,10 +609,18 @@ class Trainer {
                                                            static_cast<double>(config_.gradient_accumulation_steps))));
   }
 
-  void reseed_rank_streams(std::uint64_t salt) {
-    const auto base = static_cast<std::uint64_t>(config_.seed) + static_cast<std::uint64_t>(world_.rank()) * 1000003ULL + salt * 7919ULL;
-    policy_gen_ = compat::make_generator(device_, base);
-    ref_gen_ = compat::make_generator(device_, base + 1);
+  // The sampling streams of this rank's `rows` prompts in the current micro-batch: prompt i's key is (seed,
+  // stream, micro-step, its position in the global batch = rank x rows + i). Every rank holds the same number of
+  // rows, so the positions are those of one process with the global batch, and its samples are the same.
+  static constexpr std::uint64_t kPolicyStream = 1, kReferenceStream = 2;
+  [[nodiscard]] generation::RowStreams sample_streams(std::uint64_t stream, std::size_t rows) const {
+    generation::RowStreams streams;
+    const auto first = static_cast<std::uint64_t>(world_.rank()) * rows;
+    for (std::size_t i = 0; i < rows; ++i) {
+      streams.keys.push_back(generation::RowStreams::key({static_cast<std::uint64_t>(config_.seed), stream,
+                                                          static_cast<std::uint64_t>(state_.micro_step), first + i}));
+    }
+    return streams;
   }
 
   std::int64_t micro_batches_per_epoch() const {
@@ -782,7 +788,6 @@ class Trainer {
   XPOConfig config_;
   Loss loss_;
   Schedule schedule_;
-  at::Generator policy_gen_, ref_gen_;
   torch::Device device_ = torch::kCPU;
   std::optional<text::ChatTemplate> chat_;
   std::vector<text::PreparedPrompt> train_, eval_;
