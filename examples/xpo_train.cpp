@@ -19,9 +19,6 @@
 #include <string>
 #include <vector>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -343,16 +340,10 @@ std::optional<xpo::text::Tokenizer> own_tokenizer(const fs::path& reward_model, 
 // fails, the launcher names it and stops the others; its exit status is the first failure's (130 after Ctrl-C).
 int launch_local(int argc, char** argv, std::int64_t nproc) {
   int port = 0;
-  {  // a free port for the rendezvous
-    const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (s < 0 || ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) != 0)
-      throw xpo::Error(std::string("--nproc: cannot find a free local port: ") + std::strerror(errno));
-    port = ntohs(a.sin_port);
-    ::close(s);
+  try {  // a free port for the rendezvous
+    port = xpo::distributed::free_local_port();
+  } catch (const xpo::Error& e) {
+    throw xpo::Error(std::string("--nproc: ") + e.what());
   }
   std::vector<pid_t> pids;
   for (std::int64_t r = 0; r < nproc; ++r) {

@@ -14,6 +14,7 @@
 #include "xpo/core/tensor_ops.hpp"
 #include "xpo/core/types.hpp"
 #include "xpo/core/validation.hpp"
+#include "xpo/distributed/reducer.hpp"
 #include "xpo/distributed/world.hpp"
 #include "xpo/generation/generate.hpp"
 #include "xpo/generation/sampling.hpp"

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <thread>
 
 #include "support/fixtures.hpp"
 #include "support/tfevents.hpp"
@@ -546,6 +547,81 @@ TEST_F(TrainerTest, TensorBoardEventsDecode) {
     EXPECT_EQ(tensor.back().bytes, "| a | b |");
     EXPECT_EQ(parse_message(parse_message(by_number[9]).at(0).bytes).at(0).bytes, "text");
   }
+}
+
+// The reducer that overlaps the all-reduce with backward (distributed/reducer.hpp) gives exactly what a blocking
+// World::all_reduce_mean of the accumulated gradients gives. Two ranks (threads of this process, Gloo over
+// loopback), two optimizer steps of two micro-batches each (only the last one armed), buckets small enough that
+// there are several, one parameter that gets a gradient only in the unarmed micro-batch and one that never does.
+TEST(GradientReducer, AveragesTheAccumulatedGradientsAsTheBlockingAllReduceDoes) {
+  const int port = xpo::distributed::free_local_port();
+  std::vector<std::string> errors(2);
+  std::vector<std::vector<torch::Tensor>> reduced(2), blocking(2), local(2);
+  const auto run = [&](int rank) {
+    try {
+      xpo::distributed::LaunchEnvironment env;
+      env.rank = rank;
+      env.world_size = 2;
+      env.master_port = port;
+      auto world = xpo::distributed::World::join(env, torch::kCPU, std::chrono::seconds(60));
+      const auto make = [] {  // never, first_only, w1, w2, w3: in reverse, the buckets [w3] [w2] [w1] [first_only, never]
+        auto gen = xpo::compat::make_generator(torch::kCPU, 5);
+        std::vector<torch::Tensor> p;
+        for (auto shape : {std::vector<std::int64_t>{4}, {8}, {64, 32}, {32, 32}, {32, 8}})
+          p.push_back(torch::randn(shape, gen, torch::kFloat).requires_grad_());
+        return p;
+      };
+      auto a = make(), b = make();
+      auto reducer = xpo::distributed::GradientReducer::attach(world, a, /*bucket_bytes=*/4096);
+      EXPECT_EQ(reducer->bucket_count(), 4u);
+      for (int step = 0; step < 2; ++step) {
+        for (auto* params : {&a, &b})
+          for (auto& p : *params) p.mutable_grad() = torch::Tensor();
+        for (int micro = 0; micro < 2; ++micro) {
+          auto gen = xpo::compat::make_generator(torch::kCPU, static_cast<std::uint64_t>(100 * step + 10 * rank + micro));
+          const auto x = torch::randn({5, 64}, gen, torch::kFloat);
+          const auto loss = [&](const std::vector<torch::Tensor>& p) {
+            const auto out = torch::tanh(x.matmul(p[2])).matmul(p[3]).matmul(p[4]);  // [5, 8]
+            auto l = out.square().mean();
+            if (micro == 0) l = l + (out.sum(0) * p[1]).sum();
+            return l;
+          };
+          if (micro == 1) reducer->arm();
+          loss(a).backward();
+          loss(b).backward();
+        }
+        local[rank].clear();
+        for (auto& p : b) local[rank].push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+        (void)reducer->finish();
+        EXPECT_EQ(reducer->started_in_backward(), 3u) << "[w3] [w2] [w1] start during backward; [first_only, never] after it";
+        std::vector<torch::Tensor> grads;
+        for (auto& p : b) {
+          if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+          grads.push_back(p.grad());
+        }
+        world.all_reduce_mean(grads);
+      }
+      for (auto& p : a) reduced[rank].push_back(p.grad().clone());
+      for (auto& p : b) blocking[rank].push_back(p.grad().clone());
+    } catch (const std::exception& e) {
+      errors[rank] = e.what();
+    }
+  };
+  std::thread other(run, 1);
+  run(0);
+  other.join();
+  ASSERT_EQ(errors[0], "");
+  ASSERT_EQ(errors[1], "");
+  for (int rank = 0; rank < 2; ++rank) {
+    ASSERT_EQ(reduced[rank].size(), 5u);
+    for (std::size_t i = 0; i < 5; ++i) {
+      EXPECT_TRUE(reduced[rank][i].equal(blocking[rank][i])) << "rank " << rank << " parameter " << i;
+      EXPECT_TRUE(reduced[rank][i].equal(reduced[0][i])) << "every rank holds the same mean";
+      EXPECT_TRUE(xpo::test::max_abs_within(reduced[rank][i], (local[0][i] + local[1][i]) / 2, 1e-6)) << "the mean of the ranks";
+    }
+  }
+  EXPECT_FALSE(reduced[0][2].equal(local[0][2])) << "the ranks' gradients differ, so the mean is not either one";
+  EXPECT_TRUE(reduced[0][0].eq(0).all().item<bool>()) << "a parameter without gradient averages zeros";
 }
 
 }  // namespace

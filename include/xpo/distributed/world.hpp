@@ -27,14 +27,20 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "xpo/core/compat.hpp"
@@ -74,6 +80,22 @@ struct LaunchEnvironment {
     return e;
   }
 };
+
+// A TCP port on the loopback interface that is free now, for a local rendezvous (xpo-train --nproc, tests,
+// benchmarks). Another process may take it before it is used; the rendezvous then fails with a clear error.
+inline int free_local_port() {
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  const bool ok = s >= 0 && ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+  const int error = errno;
+  if (s >= 0) ::close(s);
+  if (!ok) throw Error(std::string("cannot find a free local port: ") + std::strerror(error));
+  return ntohs(a.sin_port);
+}
 
 class World {
  public:
@@ -179,6 +201,37 @@ class World {
       }
     });
 #endif
+  }
+
+  // An all-reduce that has started and not been waited for (World::start_sum, World::wait).
+  struct Pending {
+#if defined(XPO_HAS_C10D)
+    decltype(std::declval<compat::CollectiveGroup&>().allreduce(std::declval<std::vector<at::Tensor>&>())) work;
+#endif
+    std::vector<torch::Tensor> tensors;  // kept alive until the all-reduce is done
+  };
+
+  // Starts summing `flat` over the ranks, in place and asynchronously (on the process group's threads); every
+  // rank must start the same sums in the same order. wait() finishes it.
+  Pending start_sum(const torch::Tensor& flat, const std::string& what) {
+    Pending p;
+    p.tensors = {flat};
+#if defined(XPO_HAS_C10D)
+    if (size_ > 1) guard(what, [&] { p.work = group_->allreduce(p.tensors); });
+#else
+    (void)what;
+#endif
+    return p;
+  }
+  // Waits for a started sum, at most the timeout; a failure is the same xpo::Error as a blocking collective's.
+  void wait(Pending& p, const std::string& what) {
+#if defined(XPO_HAS_C10D)
+    if (p.work.defined()) guard(what, [&] { p.work->wait(); });
+    p.work.reset();
+#else
+    (void)what;
+#endif
+    p.tensors.clear();
   }
 
   // The mean over ranks of each value (every rank must pass the same keys).

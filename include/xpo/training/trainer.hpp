@@ -20,6 +20,7 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -35,6 +36,7 @@
 #include "xpo/core/json_file.hpp"
 #include "xpo/core/tensor_ops.hpp"
 #include "xpo/core/types.hpp"
+#include "xpo/distributed/reducer.hpp"
 #include "xpo/distributed/world.hpp"
 #include "xpo/generation/generate.hpp"
 #include "xpo/io/prompt_dataset.hpp"
@@ -174,6 +176,8 @@ class Trainer {
     plan_steps();
     std::vector<torch::Tensor> all = unwrap(policy_).parameters();
     world_.broadcast(all);
+    reducer_.reset();
+    if (world_.size() > 1) reducer_ = distributed::GradientReducer::attach(world_, params_);
   }
   [[nodiscard]] const distributed::World& world() const noexcept { return world_; }
 
@@ -190,19 +194,22 @@ class Trainer {
     bool finite_loss = true;
     for (std::int64_t k = 0; k < ga; ++k) {
       const auto rows = micro_batch_rows(state_.micro_step);
-      const auto metrics = step(rows, weights);
+      // The last micro-batch's backward also averages the gradients over the ranks, bucket by bucket as they
+      // are ready (distributed/reducer.hpp): the mean over ranks of the mean over each rank's rows = the global
+      // batch's mean.
+      if (reducer_ && k + 1 == ga) reducer_->arm();
+      training::Metrics metrics;
+      try {
+        metrics = step(rows, weights);
+      } catch (...) {
+        if (reducer_) reducer_->disarm();
+        throw;
+      }
       finite_loss = finite_loss && std::isfinite(metrics.at("loss"));
       ++state_.micro_step;
     }
-    if (world_.size() > 1) {  // the mean over ranks of the mean over each rank's rows = the global batch's mean
-      const auto r0 = Clock::now();
-      std::vector<torch::Tensor> grads;
-      for (auto& p : params_) {
-        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-        grads.push_back(p.grad());
-      }
-      world_.all_reduce_mean(grads);
-      last_timing_.all_reduce = seconds(r0, Clock::now());
+    if (reducer_) {  // what backward did not hide: the wait for the last buckets
+      last_timing_.all_reduce = reducer_->finish();
       window_.all_reduce_seconds += last_timing_.all_reduce;
     }
     const auto t1 = Clock::now();
@@ -425,7 +432,8 @@ class Trainer {
     return out;
   }
 
-  // Wall-clock seconds of the last optimizer step, by stage (summed over its micro-batches).
+  // Wall-clock seconds of the last optimizer step, by stage (summed over its micro-batches). all_reduce is the
+  // wait for the gradient all-reduce after the last backward, the part of it that backward did not hide.
   struct StepTiming {
     double generation = 0, scoring = 0, forward_backward = 0, all_reduce = 0, optimizer = 0, total = 0;
   };
@@ -511,7 +519,7 @@ class Trainer {
     m["time/generation"] = window_.generation_seconds / steps;
     m["time/scoring"] = window_.scoring_seconds / steps;
     m["time/forward_backward"] = window_.forward_backward_seconds / steps;
-    m["time/all_reduce"] = window_.all_reduce_seconds / steps;  // 0 in one process
+    m["time/all_reduce"] = window_.all_reduce_seconds / steps;  // the wait backward did not hide; 0 in one process
     m["time/optimizer"] = window_.optimizer_seconds / steps;
     window_ = {};
     if (world_.size() > 1) {
@@ -796,6 +804,7 @@ class Trainer {
   std::int64_t pad_id_ = 0;
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::shared_ptr<distributed::GradientReducer> reducer_;  // set by distribute() when there are several ranks
   training::TrainerState state_;
   mutable std::vector<std::size_t> order_;  // the shuffled prompt order of epoch order_epoch_
   mutable std::int64_t order_epoch_ = -1;
