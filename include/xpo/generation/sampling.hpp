@@ -85,13 +85,17 @@ inline torch::Tensor sample_next(const torch::Tensor& logits, const SamplingOpti
 }
 
 // One token per row by inversion: row i takes the first token whose cumulative probability exceeds
-// uniforms[i] (in [0, 1), [B] float64 on the logits' device). Filtered tokens (probability 0) are never taken.
+// uniforms[i] (in [0, 1), [B] on the logits' device). Filtered tokens (probability 0) are never taken. The
+// cumulative sum is float32, as torch::multinomial's own on the CPU: each token's share of [0, 1) is exact to
+// about 1e-7.
 inline torch::Tensor sample_next(const torch::Tensor& logits, const SamplingOptions& o, const torch::Tensor& uniforms) {
   if (o.temperature == 0) return logits.argmax(-1);
-  const auto probs = process_logits(logits, o).softmax(-1).to(torch::kDouble);  // [B, V]
+  const auto probs = process_logits(logits, o).softmax(-1);  // [B, V] float32
   const auto cdf = probs.cumsum(-1);
   const auto last = probs.size(-1) - 1;
-  const auto target = uniforms.to(torch::kDouble).unsqueeze(-1) * cdf.narrow(-1, last, 1);  // below the total mass
+  // u truncated to 24 bits is exact in float32 and at most 1 - 2^-24, so the target stays below the total mass.
+  const auto u = (uniforms.to(torch::kDouble) * 0x1.0p24).floor_() * 0x1.0p-24;
+  const auto target = u.to(probs.scalar_type()).unsqueeze(-1) * cdf.narrow(-1, last, 1);
   const auto token = cdf.le(target).sum(-1).clamp_max(last);                                 // [B]
   // Rounding can only land on a zero-probability token at the very end of the range: take the most likely then.
   const auto usable = probs.gather(-1, token.unsqueeze(-1)).squeeze(-1).gt(0);
