@@ -2,14 +2,15 @@
 // rendezvous and ProcessGroupGloo on CPU (ProcessGroupNCCL for CUDA devices when LibTorch was built with it).
 //
 // A World is this process's place in the job: rank, size and the process group. World::single() is the one-
-// process world (no communication at all). World::from_environment() joins the job that a launcher describes
-// with the variables torchrun, Slurm wrappers and MPI launchers set: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
-// MASTER_PORT. Every collective has the World's timeout: a rank that dies or hangs makes the others fail with an
-// xpo::Error (naming the operation and the world) instead of waiting forever.
+// process world (no communication at all). World::join(LaunchEnvironment::from_environment()...) joins the job
+// that a launcher describes with the variables torchrun, Slurm wrappers and MPI launchers set: RANK, WORLD_SIZE,
+// LOCAL_RANK, MASTER_ADDR, MASTER_PORT. Every collective has the World's timeout: a rank that dies or hangs
+// makes the others fail with an xpo::Error (naming the operation and the world) instead of waiting forever.
 //
 // The Trainer uses a World through Trainer::distribute (training/trainer.hpp): parameters broadcast from rank 0,
-// a distinct shard of every global batch per rank, gradients averaged in buckets before clipping, metrics
-// averaged over ranks, and only rank 0 writing logs and checkpoints.
+// a distinct shard of every global batch per rank, gradients averaged in buckets before clipping while backward
+// still runs (GradientReducer, distributed/reducer.hpp), metrics averaged over ranks, and only rank 0 writing
+// logs and checkpoints.
 #pragma once
 
 #include <torch/torch.h>
