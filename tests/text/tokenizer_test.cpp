@@ -389,15 +389,400 @@ TEST(TokenizerErrors, MalformedFilesAreClearErrors) {
                "\"ab\" is not in model.vocab");
   expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}, {"merges", nlohmann::json::array({nlohmann::json::array({"a", 1})})}}}, {"pre_tokenizer", pre}},
                "model.merges[0]");
-  expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}}}, {"pre_tokenizer", {{"type", "Whitespace"}}}},
-               "pre_tokenizer.type \"Whitespace\"");
+  expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}}}, {"pre_tokenizer", {{"type", "UnicodeScripts"}}}},
+               "pre_tokenizer.type \"UnicodeScripts\"");
   expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}}}, {"pre_tokenizer", pre}, {"normalizer", {{"type", "Strange"}}}},
                "normalizer.type \"Strange\"");
   expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}}},
                 {"pre_tokenizer", {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}}}},
                "pre_tokenizer.pattern");
-  expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}}}}, "ByteLevel");
+  expect_error({{"model", {{"type", "Unigram"}, {"vocab", {{"a", 0}}}}}}, "model.vocab of a Unigram model");
+  expect_error({{"model", {{"type", "Unigram"}, {"vocab", nlohmann::json::array({nlohmann::json::array({"a"})})}}}}, "model.vocab[0] is not [piece, score]");
+  expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}}}, {"normalizer", {{"type", "Prepend"}, {"prepend", 3}}}},
+               "normalizer.prepend must be a string");
   expect_error(nlohmann::json::array(), "not a tokenizer.json");
+}
+
+
+// ---- real-world tokenizers: every line of every case file of $XPO_FIXTURES_DIR/realworld/<family>/ ------------------
+// The references come from HF's Rust `tokenizers` on tokenizer.json alone, so the file is loaded alone (no
+// tokenizer_config.json settings on top).
+
+std::vector<std::filesystem::path> realworld_tokenizer_folders() {
+  const auto root = xpo::test::fixture_path("realworld");
+  std::vector<std::filesystem::path> folders;
+  for (const auto& e : std::filesystem::directory_iterator(root)) {
+    if (e.is_directory() && std::filesystem::exists(e.path() / "tokenizer.json") &&
+        std::filesystem::exists(e.path() / "cases.jsonl")) {
+      folders.push_back(e.path());
+    }
+  }
+  std::sort(folders.begin(), folders.end());
+  return folders;
+}
+
+TEST(TokenizerRealWorld, EveryCaseOfEveryFolder) {
+  const auto folders = realworld_tokenizer_folders();
+  ASSERT_FALSE(folders.empty()) << "no folder with tokenizer.json + cases.jsonl under " << xpo::test::fixture_path("realworld");
+  for (const auto& folder : folders) {
+    const auto tok = Tokenizer::from_file(folder / "tokenizer.json");
+    const auto cases = xpo::test::read_jsonl(folder / "cases.jsonl");
+    ASSERT_FALSE(cases.empty()) << folder;
+    for (const auto& c : cases) {
+      const auto id = folder.filename().string() + "/" + c.at("id").get<std::string>();
+      const auto text = c.at("text").get<std::string>();
+      EXPECT_TRUE(same_ids(id, tok.encode(text, false), c.at("ref_ids").get<std::vector<TokenId>>()));
+      const auto with_special = c.at("ref_ids_special").get<std::vector<TokenId>>();
+      EXPECT_TRUE(same_ids(id + " (special)", tok.encode(text, true), with_special));
+      EXPECT_EQ(tok.decode(with_special), c.at("ref_decode").get<std::string>()) << id;
+      EXPECT_EQ(tok.decode(with_special, true), c.at("ref_decode_skip").get<std::string>()) << id;
+    }
+  }
+}
+
+// PairRM's DeBERTa-v3 tokenizer (Unigram + Precompiled normalizer + Metaspace, the markers as normalized added
+// tokens), loaded from its folder as any checkpoint folder: every reference string's ids and pieces.
+TEST(TokenizerRealWorld, PairRmUnigramReferenceIds) {
+  const auto folder = xpo::test::fixture_path("judges/tiny-pairrm");
+  const auto tok = Tokenizer::from_pretrained(folder);
+  std::ifstream in(xpo::test::fixture_path("judges/tiny-pairrm/tokenizer_reference.json"));
+  const auto reference = nlohmann::json::parse(in);
+  ASSERT_FALSE(reference.at("strings").empty());
+  for (const auto& s : reference.at("strings")) {
+    const auto text = s.at("text").get<std::string>();
+    const auto want = s.at("ids").get<std::vector<TokenId>>();
+    EXPECT_TRUE(same_ids(nlohmann::json(text).dump(), tok.encode(text, true), want));
+    const auto tokens = s.at("tokens").get<std::vector<std::string>>();
+    ASSERT_EQ(tokens.size(), want.size()) << text;
+    for (std::size_t i = 0; i < want.size(); ++i) EXPECT_EQ(tok.id_to_token(want[i]).value_or("<none>"), tokens[i]) << text;
+  }
+}
+
+// ---- components, one small hand-made input each (examples after the tokenizers documentation) -------------------
+
+const std::string kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's word-boundary mark
+
+// A character-level BPE tokenizer.json: `pieces` are the vocabulary (ids in order) followed by the 256 <0xNN> byte
+// pieces; ignore_merges makes a pre-token that is a piece one token, so the pieces show the pre-tokenization. The
+// decoder turns byte pieces back into text.
+nlohmann::json char_tokenizer(const std::vector<std::string>& pieces) {
+  nlohmann::json vocab = nlohmann::json::object();
+  TokenId id = 0;
+  for (const auto& p : pieces) vocab[p] = id++;
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    if (!vocab.contains(name)) vocab[name] = id++;
+  }
+  return {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}, {"byte_fallback", true},
+                     {"ignore_merges", true}}},
+          {"decoder", {{"type", "Sequence"}, {"decoders", {{{"type", "ByteFallback"}}, {{"type", "Fuse"}}}}}}};
+}
+
+std::vector<std::string> tokens_of(const Tokenizer& t, const std::string& text, bool special = false) {
+  std::vector<std::string> out;
+  for (const auto id : t.encode(text, special)) out.push_back(t.id_to_token(id).value_or("<none>"));
+  return out;
+}
+
+using Strings = std::vector<std::string>;
+
+// What a normalizer makes of `text`: every character becomes its byte pieces, which decode back to the text.
+std::string normalized_by(const nlohmann::json& normalizer, const std::string& text) {
+  auto j = char_tokenizer({});
+  j["normalizer"] = normalizer;
+  const auto t = Tokenizer::from_json(j);
+  return t.decode(t.encode(text, false));
+}
+
+TEST(TokenizerComponents, Normalizers) {
+  const auto string_pattern = [](const std::string& s) { return nlohmann::json{{"String", s}}; };
+  EXPECT_EQ(normalized_by({{"type", "Prepend"}, {"prepend", kSpace}}, "hey"), kSpace + "hey");
+  EXPECT_EQ(normalized_by({{"type", "Prepend"}, {"prepend", kSpace}}, ""), "");  // nothing to prepend to
+  EXPECT_EQ(normalized_by({{"type", "Replace"}, {"pattern", string_pattern(" ")}, {"content", kSpace}}, "a b  c"),
+            "a" + kSpace + "b" + kSpace + kSpace + "c");
+  EXPECT_EQ(normalized_by({{"type", "Replace"}, {"pattern", {{"Regex", " {2,}"}}}, {"content", " "}}, "a    b  c d"), "a b c d");
+  EXPECT_EQ(normalized_by({{"type", "Strip"}, {"strip_left", true}, {"strip_right", true}}, " \t hi there \n"), "hi there");
+  EXPECT_EQ(normalized_by({{"type", "Strip"}, {"strip_left", false}, {"strip_right", true}}, "  hi  "), "  hi");
+  EXPECT_EQ(normalized_by({{"type", "Lowercase"}}, "HeLLo \xC3\x89T\xC3\x89"), "hello \xC3\xA9t\xC3\xA9");
+  EXPECT_EQ(normalized_by({{"type", "NFKC"}}, "\xEF\xAC\x81" "ne \xEF\xBC\xA1"), "fine A");  // ligature fi, fullwidth A
+  EXPECT_EQ(normalized_by({{"type", "NFC"}}, "e\xCC\x81"), "\xC3\xA9");
+  EXPECT_EQ(normalized_by({{"type", "NFD"}}, "\xC3\xA9"), "e\xCC\x81");
+  EXPECT_EQ(normalized_by({{"type", "NFKD"}}, "\xC2\xBD"), "1\xE2\x81\x84" "2");
+  EXPECT_EQ(normalized_by({{"type", "Sequence"}, {"normalizers", {{{"type", "NFD"}}, {{"type", "StripAccents"}}, {{"type", "Lowercase"}}}}},
+                          "Caf\xC3\xA9"),
+            "cafe");
+  // Llama-2's legacy normalizer: a word-boundary mark in front, every space becomes one.
+  EXPECT_EQ(normalized_by({{"type", "Sequence"},
+                           {"normalizers", {{{"type", "Prepend"}, {"prepend", kSpace}},
+                                            {{"type", "Replace"}, {"pattern", string_pattern(" ")}, {"content", kSpace}}}}},
+                          "Hi you"),
+            kSpace + "Hi" + kSpace + "you");
+  EXPECT_EQ(normalized_by({{"type", "BertNormalizer"}, {"lowercase", true}}, "H\xC3\xA9llo\tW\xE4\xBD\xA0"), "hello w \xE4\xBD\xA0 ");
+}
+
+// The Precompiled normalizer with the charsmap of a real SentencePiece model (nmt_nfkc rules): NFKC folding and
+// control whitespace to spaces.
+TEST(TokenizerComponents, PrecompiledCharsmap) {
+  std::ifstream in(xpo::test::fixture_path("judges/tiny-pairrm/tokenizer.json"));
+  const auto j = nlohmann::json::parse(in);
+  nlohmann::json precompiled;
+  for (const auto& n : j.at("normalizer").at("normalizers")) {
+    if (n.at("type") == "Precompiled") precompiled = n;
+  }
+  ASSERT_FALSE(precompiled.is_null()) << "the PairRM tokenizer.json has no Precompiled normalizer";
+  EXPECT_EQ(normalized_by(precompiled, "\xEF\xAC\x81" "ne"), "fine");                        // ligature
+  EXPECT_EQ(normalized_by(precompiled, "\xEF\xBC\xB4\xEF\xBD\x8F"), "To");                   // fullwidth
+  EXPECT_EQ(normalized_by(precompiled, "a\tb\nc"), "a b c");                                 // control whitespace
+  EXPECT_EQ(normalized_by(precompiled, "plain text"), "plain text");                         // unchanged
+  EXPECT_THROW((void)normalized_by({{"type", "Precompiled"}, {"precompiled_charsmap", "AAAA!"}}, "x"), xpo::FileError);
+  EXPECT_THROW((void)normalized_by({{"type", "Precompiled"}, {"precompiled_charsmap", "/////w=="}}, "x"), xpo::FileError);
+}
+
+// Split with each behaviour, on the documentation's example.
+TEST(TokenizerComponents, SplitBehaviours) {
+  const auto split = [](const std::string& behavior, bool invert = false) {
+    auto j = char_tokenizer({"the", "final", "countdown", "-", "--", "the-", "final-", "-final", "-countdown"});
+    j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"String", "-"}}}, {"behavior", behavior}, {"invert", invert}};
+    return tokens_of(Tokenizer::from_json(j), "the-final--countdown");
+  };
+  EXPECT_EQ(split("Removed"), (Strings{"the", "final", "countdown"}));
+  EXPECT_EQ(split("Isolated"), (Strings{"the", "-", "final", "-", "-", "countdown"}));
+  EXPECT_EQ(split("MergedWithPrevious"), (Strings{"the-", "final-", "-", "countdown"}));
+  EXPECT_EQ(split("MergedWithNext"), (Strings{"the", "-final", "-", "-countdown"}));
+  EXPECT_EQ(split("Contiguous"), (Strings{"the", "-", "final", "--", "countdown"}));
+  EXPECT_EQ(split("Removed", /*invert=*/true), (Strings{"-", "-", "-"}));  // each match is its own piece
+  auto j = char_tokenizer({"ab", "12", "c"});
+  j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "\\d+"}}}, {"behavior", "Isolated"}};
+  EXPECT_EQ(tokens_of(Tokenizer::from_json(j), "ab12c"), (Strings{"ab", "12", "c"}));
+}
+
+TEST(TokenizerComponents, Metaspace) {
+  const auto metaspace = [&](const nlohmann::json& options, const std::string& text) {
+    auto j = char_tokenizer({kSpace + "hey", kSpace + "friend", "hey", "friend", kSpace + "hey" + kSpace + "friend", "<x>"});
+    j["added_tokens"] = {{{"id", 5}, {"content", "<x>"}, {"special", true}, {"normalized", false}}};
+    j["pre_tokenizer"] = options;
+    j["pre_tokenizer"]["type"] = "Metaspace";
+    j["pre_tokenizer"]["replacement"] = kSpace;
+    return tokens_of(Tokenizer::from_json(j), text);
+  };
+  EXPECT_EQ(metaspace({{"prepend_scheme", "always"}, {"split", true}}, "hey friend"), (Strings{kSpace + "hey", kSpace + "friend"}));
+  EXPECT_EQ(metaspace({{"prepend_scheme", "always"}, {"split", false}}, "hey friend"), (Strings{kSpace + "hey" + kSpace + "friend"}));
+  EXPECT_EQ(metaspace({{"prepend_scheme", "never"}, {"split", true}}, "hey friend"), (Strings{"hey", kSpace + "friend"}));
+  // "first": only the piece at the start of the input gets the mark, not the one after an added token.
+  EXPECT_EQ(metaspace({{"prepend_scheme", "first"}, {"split", true}}, "hey<x>hey"), (Strings{kSpace + "hey", "<x>", "hey"}));
+  EXPECT_EQ(metaspace({{"prepend_scheme", "always"}, {"split", true}}, "hey<x>hey"), (Strings{kSpace + "hey", "<x>", kSpace + "hey"}));
+  // The older spelling: add_prefix_space true = always, false = never.
+  EXPECT_EQ(metaspace({{"add_prefix_space", true}}, "hey<x>hey"), (Strings{kSpace + "hey", "<x>", kSpace + "hey"}));
+  EXPECT_EQ(metaspace({{"add_prefix_space", false}}, "hey friend"), (Strings{"hey", kSpace + "friend"}));
+}
+
+TEST(TokenizerComponents, OtherPreTokenizers) {
+  const auto pre = [](const nlohmann::json& p, const Strings& pieces, const std::string& text) {
+    auto j = char_tokenizer(pieces);
+    j["pre_tokenizer"] = p;
+    return tokens_of(Tokenizer::from_json(j), text);
+  };
+  const Strings words = {"Hey", "friend", "!", "!!", "friend!!", "123", "1", "2", "3", "a"};
+  EXPECT_EQ(pre({{"type", "Whitespace"}}, words, "Hey friend!!"), (Strings{"Hey", "friend", "!!"}));
+  EXPECT_EQ(pre({{"type", "WhitespaceSplit"}}, words, "Hey  friend!!"), (Strings{"Hey", "friend!!"}));
+  EXPECT_EQ(pre({{"type", "Punctuation"}}, words, "friend!!"), (Strings{"friend", "!", "!"}));
+  EXPECT_EQ(pre({{"type", "Punctuation"}, {"behavior", "Contiguous"}}, words, "friend!!"), (Strings{"friend", "!!"}));
+  EXPECT_EQ(pre({{"type", "BertPreTokenizer"}}, words, "Hey friend!!"), (Strings{"Hey", "friend", "!", "!"}));
+  EXPECT_EQ(pre({{"type", "Digits"}, {"individual_digits", true}}, words, "a123"), (Strings{"a", "1", "2", "3"}));
+  EXPECT_EQ(pre({{"type", "Digits"}, {"individual_digits", false}}, words, "a123"), (Strings{"a", "123"}));
+  EXPECT_EQ(pre({{"type", "CharDelimiterSplit"}, {"delimiter", "!"}}, words, "Hey!friend"), (Strings{"Hey", "friend"}));
+  EXPECT_EQ(pre({{"type", "Sequence"}, {"pretokenizers", {{{"type", "WhitespaceSplit"}}, {{"type", "Punctuation"}}}}}, words,
+                "Hey friend!!"),
+            (Strings{"Hey", "friend", "!", "!"}));
+  // Whitespace's \w is Oniguruma's: a Devanagari word with vowel signs (marks) stays one word.
+  const std::string namaste = "\xE0\xA4\xA8\xE0\xA4\xAE\xE0\xA4\xB8\xE0\xA5\x8D\xE0\xA4\xA4\xE0\xA5\x87";
+  EXPECT_EQ(pre({{"type", "Whitespace"}}, {namaste}, namaste + " " + namaste), (Strings{namaste, namaste}));
+}
+
+// Decoders on the tokens of given ids.
+TEST(TokenizerComponents, Decoders) {
+  const Strings pieces = {kSpace + "Hey", kSpace + "x", "a", kSpace, "<0xE2>", "<0x82>", "<0xAC>"};
+  const auto decode = [&](const nlohmann::json& decoder, const std::vector<TokenId>& ids) {
+    auto j = char_tokenizer(pieces);
+    j["decoder"] = decoder;
+    return Tokenizer::from_json(j).decode(ids);
+  };
+  const nlohmann::json replace = {{"type", "Replace"}, {"pattern", {{"String", kSpace}}}, {"content", " "}};
+  const nlohmann::json llama = {{"type", "Sequence"},
+                                {"decoders", {replace, {{"type", "ByteFallback"}}, {{"type", "Fuse"}},
+                                              {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+  EXPECT_EQ(decode(llama, {0, 4, 5, 6, 1}), "Hey\xE2\x82\xAC x");
+  EXPECT_EQ(decode(llama, {4, 5, 2}), "\xEF\xBF\xBD\xEF\xBF\xBD" "a");  // an incomplete character: one U+FFFD per byte
+  EXPECT_EQ(decode({{"type", "Metaspace"}, {"replacement", kSpace}, {"prepend_scheme", "always"}}, {0, 1}), "Hey x");
+  EXPECT_EQ(decode({{"type", "Metaspace"}, {"replacement", kSpace}, {"prepend_scheme", "never"}}, {0, 1}), " Hey x");
+  EXPECT_EQ(decode({{"type", "Metaspace"}, {"replacement", kSpace}, {"add_prefix_space", true}}, {3, 0}), " Hey");
+  EXPECT_EQ(decode({{"type", "Sequence"}, {"decoders", {replace, {{"type", "Strip"}, {"content", "x"}, {"start", 0}, {"stop", 1}}}}}, {2, 1}),
+            "a ");  // Strip works per token: only the last token ends with an x
+  EXPECT_EQ(decode(replace, {0, 2}), " Heya");  // no Fuse: tokens are still joined
+  auto j = char_tokenizer(pieces);
+  j.erase("decoder");
+  EXPECT_EQ(Tokenizer::from_json(j).decode(std::vector<TokenId>{0, 2}), kSpace + "Hey a");  // no decoder: joined by spaces
+}
+
+TEST(TokenizerComponents, PostProcessors) {
+  auto j = char_tokenizer({"<s>", "</s>", "x"});
+  j["added_tokens"] = {{{"id", 0}, {"content", "<s>"}, {"special", true}}, {{"id", 1}, {"content", "</s>"}, {"special", true}}};
+  j["post_processor"] = {{"type", "RobertaProcessing"}, {"sep", {"</s>", 1}}, {"cls", {"<s>", 0}}};
+  EXPECT_EQ(Tokenizer::from_json(j).encode("x", true), (std::vector<TokenId>{0, 2, 1}));
+  j["post_processor"] = {{"type", "BertProcessing"}, {"sep", {"</s>", 1}}, {"cls", {"<s>", 0}}};
+  EXPECT_EQ(Tokenizer::from_json(j).encode("x", true), (std::vector<TokenId>{0, 2, 1}));
+  const nlohmann::json eos_template = {
+      {"type", "TemplateProcessing"},
+      {"single", {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, {{"SpecialToken", {{"id", "</s>"}, {"type_id", 0}}}}}},
+      {"special_tokens", {{"</s>", {{"id", "</s>"}, {"ids", {1}}, {"tokens", {"</s>"}}}}}}};
+  j["post_processor"] = {{"type", "Sequence"}, {"processors", {{{"type", "ByteLevel"}, {"trim_offsets", false}}, eos_template}}};
+  const auto t = Tokenizer::from_json(j);
+  EXPECT_EQ(t.encode("x", true), (std::vector<TokenId>{2, 1}));
+  EXPECT_EQ(t.encode("x", false), (std::vector<TokenId>{2}));
+}
+
+// SentencePiece-style BPE: characters, merges by rank, byte fallback, the unknown token (fused or not).
+TEST(TokenizerComponents, CharacterBpeByteFallbackAndUnknown) {
+  nlohmann::json j = {{"model",
+                       {{"type", "BPE"},
+                        {"vocab", {{"<unk>", 0}, {kSpace, 1}, {"h", 2}, {"e", 3}, {"y", 4}, {kSpace + "h", 5}, {"ey", 6},
+                                   {kSpace + "hey", 7}, {"<0xC3>", 8}, {"<0xA9>", 9}}},
+                        {"merges", {kSpace + " h", "e y", kSpace + "h ey"}},
+                        {"unk_token", "<unk>"},
+                        {"byte_fallback", true},
+                        {"fuse_unk", true}}},
+                      {"normalizer", {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", kSpace}}}};
+  auto t = Tokenizer::from_json(j);
+  EXPECT_EQ(t.encode(" hey", false), (std::vector<TokenId>{7}));
+  EXPECT_EQ(t.encode("hey", false), (std::vector<TokenId>{2, 6}));
+  EXPECT_EQ(t.encode("h\xC3\xA9", false), (std::vector<TokenId>{2, 8, 9}));  // é -> its two byte pieces
+  EXPECT_EQ(t.encode("h\xC3\xA0\xC3\xA0y", false), (std::vector<TokenId>{2, 0, 4}));  // à has no byte pieces: one fused unk
+  j["model"]["fuse_unk"] = false;
+  EXPECT_EQ(Tokenizer::from_json(j).encode("h\xC3\xA0\xC3\xA0y", false), (std::vector<TokenId>{2, 0, 0, 4}));
+  j["model"]["byte_fallback"] = false;
+  EXPECT_EQ(Tokenizer::from_json(j).encode("h\xC3\xA9", false), (std::vector<TokenId>{2, 0}));
+  j["model"].erase("unk_token");
+  EXPECT_EQ(Tokenizer::from_json(j).encode("h\xC3\xA9y", false), (std::vector<TokenId>{2, 4}));  // no unk: dropped
+}
+
+TEST(TokenizerComponents, UnigramViterbi) {
+  const auto unigram = [](double ab_score, bool byte_fallback) {
+    nlohmann::json vocab = nlohmann::json::array({nlohmann::json::array({"<unk>", 0.0}), nlohmann::json::array({"a", -1.0}),
+                                                  nlohmann::json::array({"b", -1.0}), nlohmann::json::array({"ab", ab_score}),
+                                                  nlohmann::json::array({"<0x78>", -5.0})});
+    return Tokenizer::from_json({{"model", {{"type", "Unigram"}, {"unk_id", 0}, {"vocab", vocab}, {"byte_fallback", byte_fallback}}}});
+  };
+  EXPECT_EQ(unigram(-1.5, false).encode("ab", false), (std::vector<TokenId>{3}));      // -1.5 beats -1 + -1
+  EXPECT_EQ(unigram(-2.5, false).encode("ab", false), (std::vector<TokenId>{1, 2}));   // -2 beats -2.5
+  EXPECT_EQ(unigram(-1.5, false).encode("zzab", false), (std::vector<TokenId>{0, 3})); // unknown run: one unk
+  EXPECT_EQ(unigram(-1.5, false).encode("azb", false), (std::vector<TokenId>{1, 0, 2}));
+  EXPECT_EQ(unigram(-1.5, true).encode("xa", false), (std::vector<TokenId>{4, 1}));    // byte fallback for x
+  EXPECT_EQ(unigram(-1.5, true).encode("za", false), (std::vector<TokenId>{0, 1}));    // no <0x7A>: unk
+  const auto no_unk = Tokenizer::from_json(
+      {{"model", {{"type", "Unigram"}, {"vocab", nlohmann::json::array({nlohmann::json::array({"a", -1.0})})}}}});
+  EXPECT_EQ(no_unk.encode("aa", false), (std::vector<TokenId>{0, 0}));
+  EXPECT_THROW((void)no_unk.encode("b", false), xpo::Error);
+}
+
+// Everything unsupported in a file is named in one error.
+TEST(TokenizerErrors, EveryUnsupportedComponentIsNamedAtOnce) {
+  nlohmann::json j = {{"model", {{"type", "WordPiece"}, {"vocab", {{"a", 0}}}}},
+                      {"normalizer", {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "Strange"}}}}}},
+                      {"pre_tokenizer", {{"type", "UnicodeScripts"}}},
+                      {"decoder", {{"type", "CTC"}}},
+                      {"post_processor", {{"type", "Unknown"}}}};
+  try {
+    (void)Tokenizer::from_json(j, "many/tokenizer.json");
+    ADD_FAILURE();
+  } catch (const xpo::FileError& e) {
+    const std::string what = e.what();
+    for (const char* part : {"many/tokenizer.json", "model.type \"WordPiece\"", "normalizer.normalizers[1].type \"Strange\"",
+                             "pre_tokenizer.type \"UnicodeScripts\"", "decoder.type \"CTC\"", "post_processor.type \"Unknown\""}) {
+      EXPECT_NE(what.find(part), std::string::npos) << part << " not in: " << what;
+    }
+  }
+}
+
+// ---- tokenizer_config.json on small synthetic folders ----------------------------------------------------------
+
+TEST_F(TokenizerFolder, AddBosAndEosTokens) {
+  const nlohmann::json added = {{{"id", 300}, {"content", "<s>"}, {"special", true}, {"normalized", false}},
+                                {{"id", 301}, {"content", "</s>"}, {"special", true}, {"normalized", false}}};
+  write_file(dir_ / "tokenizer.json", synthetic_tokenizer(added).dump());
+  const auto with_config = [&](nlohmann::json config) {
+    config["bos_token"] = "<s>";
+    config["eos_token"] = "</s>";
+    write_file(dir_ / "tokenizer_config.json", config.dump());
+    return Tokenizer::from_pretrained(dir_);
+  };
+  // No post-processor in tokenizer.json (DeepSeek's case): the flags decide.
+  auto t = with_config({{"add_bos_token", true}, {"add_eos_token", true}, {"tokenizer_class", "PreTrainedTokenizerFast"}});
+  EXPECT_EQ(t.encode("x", true), (std::vector<TokenId>{300, 'x', 301}));
+  EXPECT_EQ(t.encode("x", false), (std::vector<TokenId>{'x'}));
+  t = with_config({{"add_bos_token", false}, {"add_eos_token", true}});
+  EXPECT_EQ(t.encode("x", true), (std::vector<TokenId>{'x', 301}));
+  t = with_config({{"tokenizer_class", "PreTrainedTokenizerFast"}});
+  EXPECT_EQ(t.encode("x", true), (std::vector<TokenId>{'x'}));
+  // Llama's fast tokenizer rebuilds the post-processor from the flags (BOS by default), whatever the file says.
+  t = with_config({{"tokenizer_class", "LlamaTokenizerFast"}});
+  EXPECT_EQ(t.encode("x", true), (std::vector<TokenId>{300, 'x'}));
+  auto j = synthetic_tokenizer(added);
+  j["post_processor"] = {
+      {"type", "TemplateProcessing"},
+      {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+      {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {300}}, {"tokens", {"<s>"}}}}}}};
+  write_file(dir_ / "tokenizer.json", j.dump());
+  t = with_config({{"tokenizer_class", "LlamaTokenizerFast"}, {"add_bos_token", false}, {"add_eos_token", true}});
+  EXPECT_EQ(t.encode("x", true), (std::vector<TokenId>{'x', 301}));
+  // A flag that asks for a token the folder does not define is an error naming the file.
+  write_file(dir_ / "tokenizer.json", synthetic_tokenizer(added).dump());
+  write_file(dir_ / "tokenizer_config.json", nlohmann::json{{"add_eos_token", true}}.dump());
+  try {
+    (void)Tokenizer::from_pretrained(dir_);
+    ADD_FAILURE();
+  } catch (const xpo::FileError& e) {
+    EXPECT_NE(std::string(e.what()).find("add_eos_token"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json"), std::string::npos) << e.what();
+  }
+  write_file(dir_ / "tokenizer_config.json", nlohmann::json{{"add_bos_token", "yes"}}.dump());
+  EXPECT_THROW((void)Tokenizer::from_pretrained(dir_), xpo::FileError);
+}
+
+TEST_F(TokenizerFolder, CleanUpTokenizationSpacesAndLegacy) {
+  write_file(dir_ / "tokenizer.json", synthetic_tokenizer({}).dump());
+  const std::string text = "Hello , world . I 'm here ! Is n't it ?";
+  write_file(dir_ / "tokenizer_config.json", nlohmann::json{{"clean_up_tokenization_spaces", true}, {"legacy", false}}.dump());
+  auto t = Tokenizer::from_pretrained(dir_);
+  EXPECT_TRUE(t.clean_up_tokenization_spaces());
+  EXPECT_EQ(t.decode(t.encode(text, false)), "Hello, world. I'm here! Isn't it?");
+  EXPECT_EQ(t.decode_tokens(t.encode(text, false)), text);  // the decoder's own text
+  EXPECT_EQ(t.legacy(), std::optional<bool>(false));
+  write_file(dir_ / "tokenizer_config.json", nlohmann::json{{"clean_up_tokenization_spaces", false}}.dump());
+  t = Tokenizer::from_pretrained(dir_);
+  EXPECT_EQ(t.decode(t.encode(text, false)), text);
+  EXPECT_EQ(t.legacy(), std::nullopt);
+}
+
+// added_tokens_decoder entries that tokenizer.json lacks are added with their flags; a special token that is only in
+// the vocabulary becomes a special added token (split out of text, skipped by skip_special_tokens).
+TEST_F(TokenizerFolder, AddedTokensFromTheConfig) {
+  auto j = synthetic_tokenizer({});
+  j["normalizer"] = {{"type", "Lowercase"}};
+  write_file(dir_ / "tokenizer.json", j.dump());
+  const nlohmann::json decoder = {
+      {"300", {{"content", "<m>"}, {"lstrip", true}, {"rstrip", true}, {"special", true}, {"normalized", false}}},
+      {"301", {{"content", "cat"}, {"single_word", true}, {"special", false}, {"normalized", false}}},
+      {"302", {{"content", "ab"}, {"special", false}, {"normalized", true}}}};
+  write_file(dir_ / "tokenizer_config.json", nlohmann::json{{"added_tokens_decoder", decoder}, {"eos_token", "z"}}.dump());
+  const auto t = Tokenizer::from_pretrained(dir_);
+  EXPECT_EQ(t.encode("x  <m>  y", false), (std::vector<TokenId>{'x', 300, 'y'}));
+  EXPECT_EQ(t.encode("a cat", false), (std::vector<TokenId>{'a', ' ', 301}));
+  EXPECT_EQ(t.encode("cats", false), (std::vector<TokenId>{'c', 'a', 't', 's'}));
+  EXPECT_EQ(t.encode("xABy", false), (std::vector<TokenId>{'x', 302, 'y'}));  // matched after lowercasing
+  EXPECT_EQ(t.special_tokens().eos_id, TokenId{'z'});
+  EXPECT_TRUE(t.is_special('z'));
+  EXPECT_EQ(t.decode(t.encode("xzx", false), true), "xx");
 }
 
 }  // namespace

@@ -1,6 +1,9 @@
 // xpo/text/regex.hpp — the pre-tokenizer's regex engine: PCRE2 (UTF + UCP, JIT-compiled when available) with the
-// pattern rewritten so that \s and \S mean Unicode White_Space, as in Oniguruma, which HF `tokenizers` uses.
-// (PCRE2 10.42's \s also matches U+180E MONGOLIAN VOWEL SEPARATOR; the rewrite removes that difference.)
+// pattern rewritten so that \s / \S mean Unicode White_Space and \w / \W Oniguruma's word characters
+// (Alphabetic, marks, decimal digits, connector punctuation, Join_Control), as in Oniguruma, which HF `tokenizers`
+// uses. (PCRE2 10.42's \s also matches U+180E MONGOLIAN VOWEL SEPARATOR, and its \w is only letters, numbers and
+// '_', so "नमस्ते" would split at its vowel signs; the rewrite removes both differences.) Known and accepted: Debian's
+// PCRE2 knows Unicode 14 where Oniguruma knows 15, so a few characters added in Unicode 15 match differently.
 #pragma once
 
 #ifndef PCRE2_CODE_UNIT_WIDTH
@@ -23,8 +26,11 @@ namespace detail {
 inline constexpr std::string_view kWhiteSpaceClassBody =
     R"(\t\n\x0B\f\r\x20\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
 
-// Rewrites \s / \S: outside a class to an explicit (negated) class, inside a class to the class's members.
-// A \S inside a class cannot be expressed that way and is rejected.
+// Oniguruma's Unicode word characters (\w), for the inside of a PCRE2 character class.
+inline constexpr std::string_view kWordClassBody = R"(\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control})";
+
+// Rewrites \s / \S and \w / \W: outside a class to an explicit (negated) class, inside a class to the class's
+// members. A \S or \W inside a class cannot be expressed that way and is rejected.
 inline std::string rewrite_whitespace_classes(std::string_view pattern) {
   std::string out;
   out.reserve(pattern.size() + 64);
@@ -38,6 +44,11 @@ inline std::string rewrite_whitespace_classes(std::string_view pattern) {
       } else if (e == 'S') {
         if (in_class) throw Error("regex: \\S inside a character class is not supported: " + std::string(pattern));
         out += "[^" + std::string(kWhiteSpaceClassBody) + "]";
+      } else if (e == 'w') {
+        out += in_class ? std::string(kWordClassBody) : "[" + std::string(kWordClassBody) + "]";
+      } else if (e == 'W') {
+        if (in_class) throw Error("regex: \\W inside a character class is not supported: " + std::string(pattern));
+        out += "[^" + std::string(kWordClassBody) + "]";
       } else if (e == 'Q') {  // \Q...\E is literal text
         const auto end = pattern.find("\\E", i + 2);
         const auto stop = end == std::string_view::npos ? pattern.size() : end + 2;

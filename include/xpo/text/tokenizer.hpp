@@ -1,19 +1,25 @@
-// xpo/text/tokenizer.hpp — byte-level BPE from a Hugging Face tokenizer.json, id-exact with HF `tokenizers`.
+// xpo/text/tokenizer.hpp — a Hugging Face tokenizer.json (byte-level BPE, SentencePiece-style BPE or Unigram),
+// id-exact with HF `tokenizers`, plus the checkpoint folder's tokenizer_config.json as transformers applies it.
 //
 // The pipeline is HF's, step for step:
 //   1. added tokens that are not `normalized` are split out of the raw text (leftmost-longest, honouring
 //      single_word / lstrip / rstrip);
-//   2. each remaining piece is normalized (NFC, ... or a Sequence), then `normalized` added tokens are split out;
-//   3. the pre-tokenizer (Split with a regex, ByteLevel, Digits, or a Sequence of them) cuts the rest into words;
-//   4. each word's UTF-8 bytes start as one symbol per byte and are merged by BPE rank (cached per word);
-//   5. the post-processor (TemplateProcessing, e.g. Llama-3's BOS) adds special tokens when asked.
-// Decoding maps tokens back to bytes (ByteLevel decoder) and decodes the bytes lossily (one U+FFFD per maximal
-// invalid subsequence). Ids that have no token (models often have more embedding rows than the tokenizer has
-// tokens) are skipped, as the reference decoder does.
+//   2. each remaining piece is normalized (NFC/NFD/NFKC/NFKD, Lowercase, Strip, StripAccents, Prepend, Replace,
+//      Precompiled, BertNormalizer, or a Sequence), then `normalized` added tokens (in normalized form) are split out;
+//   3. the pre-tokenizer (ByteLevel, Split, Metaspace, Digits, Whitespace, WhitespaceSplit, Punctuation,
+//      BertPreTokenizer, CharDelimiterSplit, or a Sequence) cuts the rest into words;
+//   4. the model encodes each word: BPE (byte-level: one symbol per byte; otherwise one per character, with
+//      byte_fallback to <0xNN> pieces or the unk_token) merged by rank, or Unigram (Viterbi over scored pieces);
+//   5. the post-processor (TemplateProcessing, RobertaProcessing, BertProcessing, ByteLevel, Sequence) adds special
+//      tokens when asked.
+// Decoding runs the decoder chain (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, WordPiece, BPEDecoder,
+// Sequence) over the tokens of the ids, as HF does (all tokens, added ones included, go through it); ids that have no
+// token (models often have more embedding rows than the tokenizer has tokens) are skipped. Any component outside
+// these lists is refused when the file is loaded, with one error that names every unsupported part.
 //
-// Special tokens (bos/eos/pad/unk), the chat template and the model's generation stop ids are read from the
-// checkpoint folder's tokenizer_config.json, special_tokens_map.json, chat_template.jinja and
-// generation_config.json, the way transformers resolves them.
+// Special tokens (bos/eos/pad/unk), add_bos_token / add_eos_token, clean_up_tokenization_spaces, the chat template
+// and the model's generation stop ids are read from the checkpoint folder's tokenizer_config.json,
+// special_tokens_map.json, chat_template.jinja and generation_config.json, the way transformers resolves them.
 #pragma once
 
 #include <algorithm>
@@ -39,6 +45,7 @@
 #include "xpo/core/json_file.hpp"
 #include "xpo/core/padding.hpp"
 #include "xpo/text/regex.hpp"
+#include "xpo/text/tokenizer_components.hpp"
 #include "xpo/text/unicode.hpp"
 
 namespace xpo::text {
@@ -148,8 +155,8 @@ class Tokenizer {
   static Tokenizer from_pretrained(const std::filesystem::path& folder, const TokenizerLimits& limits = {}) {
     const auto file = folder / "tokenizer.json";
     if (!std::filesystem::exists(file)) {
-      throw FileError(file.string(), "no tokenizer.json in the checkpoint folder (only fast, byte-level BPE "
-                                     "tokenizers are supported)");
+      throw FileError(file.string(), "no tokenizer.json in the checkpoint folder (xpo reads the fast tokenizer's "
+                                     "tokenizer.json; save one with transformers' save_pretrained)");
     }
     Tokenizer t = from_file(file, limits.max_file_bytes);
     t.source_folder_ = folder;
@@ -270,24 +277,21 @@ class Tokenizer {
   }
 
   // ---- decoding -------------------------------------------------------------------------------------------
-  // Text of `ids`. skip_special_tokens drops the tokens marked "special" (before the bytes are decoded, so the
-  // two halves of a character around a dropped token join again). Unknown ids are skipped.
+  // Text of `ids`, as transformers' decode: the tokenizer.json decoder over the tokens (skip_special_tokens drops
+  // the added tokens marked "special" first, so the two halves of a character around a dropped token join again),
+  // then clean_up_tokenization when tokenizer_config.json's clean_up_tokenization_spaces asks for it. Unknown ids
+  // are skipped.
   [[nodiscard]] std::string decode(std::span<const TokenId> ids, bool skip_special_tokens = false) const {
-    std::string bytes;
-    bytes.reserve(ids.size() * 4);
-    for (const TokenId id : ids) {
-      if (id < 0 || static_cast<std::size_t>(id) >= token_bytes_.size() || !has_token_[static_cast<std::size_t>(id)]) continue;
-      if (skip_special_tokens && is_special_[static_cast<std::size_t>(id)]) continue;
-      bytes += token_bytes_[static_cast<std::size_t>(id)];
-    }
-    return utf8_lossy(bytes);
+    std::string text = decode_tokens(ids, skip_special_tokens);
+    if (clean_up_tokenization_spaces_) text = detail::clean_up_tokenization(std::move(text));
+    return text;
   }
   [[nodiscard]] std::string decode(const std::vector<TokenId>& ids, bool skip_special_tokens = false) const {
     return decode(std::span<const TokenId>(ids), skip_special_tokens);
   }
 
   // ---- vocabulary -----------------------------------------------------------------------------------------
-  // The token string of an id (byte-level alphabet for BPE tokens, the content for added tokens).
+  // The token string of an id (the vocabulary piece, e.g. in the byte-level alphabet; the content for added tokens).
   [[nodiscard]] std::optional<std::string> id_to_token(TokenId id) const {
     if (id < 0 || static_cast<std::size_t>(id) >= tokens_.size() || !has_token_[static_cast<std::size_t>(id)]) return std::nullopt;
     return tokens_[static_cast<std::size_t>(id)];
@@ -319,6 +323,42 @@ class Tokenizer {
     return files;
   }
 
+  // The decoder's text of `ids` without transformers' clean-up (what HF `tokenizers` itself returns).
+  [[nodiscard]] std::string decode_tokens(std::span<const TokenId> ids, bool skip_special_tokens = false) const {
+    const auto usable = [&](TokenId id) {
+      return id >= 0 && static_cast<std::size_t>(id) < tokens_.size() && has_token_[static_cast<std::size_t>(id)] &&
+             !(skip_special_tokens && is_special_[static_cast<std::size_t>(id)]);
+    };
+    if (byte_level_decode_) {
+      std::string bytes;
+      bytes.reserve(ids.size() * 4);
+      for (const TokenId id : ids) {
+        if (usable(id)) bytes += token_bytes_[static_cast<std::size_t>(id)];
+      }
+      return utf8_lossy(bytes);
+    }
+    std::vector<std::string> tokens;
+    tokens.reserve(ids.size());
+    for (const TokenId id : ids) {
+      if (usable(id)) tokens.push_back(tokens_[static_cast<std::size_t>(id)]);
+    }
+    std::string out;
+    if (!has_decoder_) {  // HF joins the tokens with spaces when there is no decoder
+      for (std::size_t i = 0; i < tokens.size(); ++i) out += (i == 0 ? "" : " ") + tokens[i];
+      return out;
+    }
+    for (const auto& step : decoders_) detail::apply_decoder(step, tokens);
+    for (const auto& t : tokens) out += t;
+    return out;
+  }
+
+  // tokenizer_config.json's clean_up_tokenization_spaces (false when absent, as in transformers >= 4.45).
+  [[nodiscard]] bool clean_up_tokenization_spaces() const noexcept { return clean_up_tokenization_spaces_; }
+  void set_clean_up_tokenization_spaces(bool on) noexcept { clean_up_tokenization_spaces_ = on; }
+  // tokenizer_config.json's `legacy` (absent: nullopt). It changes nothing for a tokenizer served from
+  // tokenizer.json: transformers reads it only when it converts a slow SentencePiece tokenizer.
+  [[nodiscard]] std::optional<bool> legacy() const noexcept { return legacy_; }
+
   // Sets a chat template given directly (e.g. TRL's SIMPLE_CHAT_TEMPLATE for a base model).
   void set_chat_template(std::string source) { chat_template_ = std::move(source); }
   // Sets the EOS token, which also becomes the only generation stop id (as tokenizer_config.json's eos_token
@@ -340,23 +380,31 @@ class Tokenizer {
 
  private:
   // ---- components -----------------------------------------------------------------------------------------
-  enum class SplitBehavior { removed, isolated, merged_with_previous, merged_with_next, contiguous };
+  using SplitBehavior = detail::SplitBehavior;
+  using PrependScheme = detail::PrependScheme;
   struct SplitStep {
-    std::shared_ptr<const Regex> regex;
+    detail::TextPattern pattern;
     SplitBehavior behavior = SplitBehavior::isolated;
     bool invert = false;
   };
   struct ByteLevelStep {
     bool add_prefix_space = false;
-    std::shared_ptr<const Regex> regex;  // GPT-2's when use_regex
+    detail::TextPattern regex;  // GPT-2's when use_regex
+    bool use_regex = false;
   };
-  using PreTokenizerStep = std::variant<SplitStep, ByteLevelStep>;
-  enum class NormalizerStep { nfc, nfd, nfkc, nfkd, lowercase };
+  struct MetaspaceStep {
+    std::string replacement = "\xE2\x96\x81";
+    PrependScheme scheme = PrependScheme::always;
+    bool split = true;
+  };
+  using PreTokenizerStep = std::variant<SplitStep, ByteLevelStep, MetaspaceStep>;
+  enum class ModelKind { bpe, unigram };
 
   struct TemplatePiece {
     bool is_sequence = false;
     std::vector<TokenId> ids;  // the special token's ids
   };
+  using Template = std::vector<TemplatePiece>;
 
   struct StringHash {
     using is_transparent = void;
@@ -370,6 +418,12 @@ class Tokenizer {
       std::unordered_map<std::string, std::vector<TokenId>, StringHash, std::equal_to<>> map;
     };
     std::array<Shard, kShards> shards;
+  };
+
+  // Collects what a tokenizer.json uses that xpo does not implement, so that one error names all of it.
+  struct Unsupported {
+    std::vector<std::string> parts;
+    void add(std::string what) { parts.push_back(std::move(what)); }
   };
 
   static std::string parse_chat_template_field(const nlohmann::json& field, const std::string& source) {
@@ -386,31 +440,91 @@ class Tokenizer {
     throw FileError(source, "chat_template must be a string or a list of {name, template}");
   }
 
+  static detail::TextPattern load_pattern(const nlohmann::json& p, const std::string& where, const std::string& source) {
+    detail::TextPattern out;
+    const auto* pattern = detail::find_member(p, "pattern");
+    if (pattern != nullptr && pattern->is_object() && pattern->contains("Regex") && (*pattern)["Regex"].is_string()) {
+      try {
+        out.regex = std::make_shared<const Regex>((*pattern)["Regex"].get<std::string>());
+      } catch (const Error& e) {
+        throw FileError(source, where + ".pattern: " + e.what());
+      }
+    } else if (pattern != nullptr && pattern->is_object() && pattern->contains("String") && (*pattern)["String"].is_string()) {
+      out.literal = (*pattern)["String"].get<std::string>();
+    } else {
+      throw FileError(source, where + ".pattern must be {\"Regex\": ...} or {\"String\": ...}");
+    }
+    return out;
+  }
+
+  static std::string string_field(const nlohmann::json& j, const char* key, const std::string& fallback,
+                                  const std::string& where, const std::string& source) {
+    const auto* v = detail::find_member(j, key);
+    if (v == nullptr) return fallback;
+    if (!v->is_string()) throw FileError(source, where + "." + key + " must be a string");
+    return v->get<std::string>();
+  }
+
+  static std::size_t count_field(const nlohmann::json& j, const char* key, const std::string& where, const std::string& source) {
+    const auto* v = detail::find_member(j, key);
+    if (v == nullptr) return 0;
+    if (!v->is_number_integer() || v->get<std::int64_t>() < 0) throw FileError(source, where + "." + key + " must be a non-negative integer");
+    return static_cast<std::size_t>(v->get<std::int64_t>());
+  }
+
+  static PrependScheme load_prepend_scheme(const nlohmann::json& p, const std::string& where, const std::string& source) {
+    if (const auto* s = detail::find_member(p, "prepend_scheme")) {
+      const auto v = s->is_string() ? s->get<std::string>() : std::string();
+      if (v == "always") return PrependScheme::always;
+      if (v == "first") return PrependScheme::first;
+      if (v == "never") return PrependScheme::never;
+      throw FileError(source, where + ".prepend_scheme must be \"always\", \"first\" or \"never\"");
+    }
+    // The older spelling: add_prefix_space true = always, false = never.
+    return detail::json_flag(p, "add_prefix_space", true) ? PrependScheme::always : PrependScheme::never;
+  }
+
   void load(const nlohmann::json& j, const std::string& source) {
     const auto fail = [&](const std::string& what) { throw FileError(source, what); };
+    Unsupported unsupported;
     if (!j.is_object()) fail("not a tokenizer.json: the top level is not a JSON object");
     const auto* model = detail::find_member(j, "model");
     if (model == nullptr || !model->is_object()) fail("no \"model\" object");
-    const std::string type = model->value("type", std::string("BPE"));
-    if (type != "BPE") fail("model.type \"" + type + "\" is not supported (only byte-level \"BPE\")");
-    if (detail::json_flag(*model, "byte_fallback", false)) fail("model.byte_fallback is not supported (byte-level BPE only)");
-    if (const auto* d = detail::find_member(*model, "dropout"); d != nullptr && d->is_number() && d->get<double>() > 0) {
-      fail("model.dropout is not supported (BPE dropout is for training tokenizers)");
-    }
-    for (const char* affix : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-      if (const auto* v = detail::find_member(*model, affix); v != nullptr && !(v->is_string() && v->get<std::string>().empty())) {
-        fail(std::string("model.") + affix + " is not supported");
-      }
-    }
-    ignore_merges_ = detail::json_flag(*model, "ignore_merges", false);
+    std::string type = string_field(*model, "type", "", "model", source);
+    if (type.empty()) type = model->contains("merges") ? "BPE" : model->contains("vocab") && (*model)["vocab"].is_array() ? "Unigram" : "BPE";
+    if (type != "BPE" && type != "Unigram") unsupported.add("model.type \"" + type + "\" (supported: BPE, Unigram)");
 
-    // Vocabulary.
+    // Pre-tokenizer first: whether it is byte-level decides how BPE reads its words.
+    if (const auto* pre = detail::find_member(j, "pre_tokenizer")) load_pre_tokenizer(*pre, "pre_tokenizer", source, unsupported);
+    byte_level_ = std::any_of(pre_tokenizers_.begin(), pre_tokenizers_.end(),
+                              [](const PreTokenizerStep& s) { return std::holds_alternative<ByteLevelStep>(s); });
+
+    // Vocabulary (BPE: token -> id; Unigram: [[piece, score], ...] with id = position).
     const auto* vocab = detail::find_member(*model, "vocab");
-    if (vocab == nullptr || !vocab->is_object() || vocab->empty()) fail("model.vocab is missing or not an object");
     TokenId max_id = -1;
-    for (const auto& [token, id] : vocab->items()) {
-      if (!id.is_number_integer() || id.get<TokenId>() < 0) fail("model.vocab[\"" + token + "\"] is not a non-negative integer id");
-      max_id = std::max(max_id, id.get<TokenId>());
+    std::vector<std::pair<std::string, TokenId>> entries;
+    std::vector<double> scores;
+    if (type == "Unigram") {
+      model_kind_ = ModelKind::unigram;
+      if (vocab == nullptr || !vocab->is_array() || vocab->empty()) fail("model.vocab of a Unigram model must be a non-empty list of [piece, score]");
+      entries.reserve(vocab->size());
+      for (std::size_t i = 0; i < vocab->size(); ++i) {
+        const auto& e = (*vocab)[i];
+        if (!e.is_array() || e.size() != 2 || !e[0].is_string() || !e[1].is_number()) {
+          fail("model.vocab[" + std::to_string(i) + "] is not [piece, score]");
+        }
+        entries.emplace_back(e[0].get<std::string>(), static_cast<TokenId>(i));
+        scores.push_back(e[1].get<double>());
+      }
+      max_id = static_cast<TokenId>(vocab->size()) - 1;
+    } else {
+      if (vocab == nullptr || !vocab->is_object() || vocab->empty()) fail("model.vocab is missing or not an object");
+      entries.reserve(vocab->size());
+      for (const auto& [token, id] : vocab->items()) {
+        if (!id.is_number_integer() || id.get<TokenId>() < 0) fail("model.vocab[\"" + token + "\"] is not a non-negative integer id");
+        entries.emplace_back(token, id.get<TokenId>());
+        max_id = std::max(max_id, id.get<TokenId>());
+      }
     }
     const auto* added = detail::find_member(j, "added_tokens");
     if (added != nullptr && !added->is_array()) fail("added_tokens must be a list");
@@ -430,14 +544,109 @@ class Tokenizer {
     token_bytes_.assign(n, {});
     has_token_.assign(n, false);
     is_special_.assign(n, false);
-    vocab_.reserve(vocab->size());
-    for (const auto& [token, id_json] : vocab->items()) {
-      const auto id = static_cast<std::size_t>(id_json.get<TokenId>());
+    vocab_.reserve(entries.size());
+    for (const auto& [token, tid] : entries) {
+      const auto id = static_cast<std::size_t>(tid);
       tokens_[id] = token;
       has_token_[id] = true;
-      vocab_.emplace(token, static_cast<TokenId>(id));
+      vocab_.emplace(token, tid);  // the first id of a repeated piece wins
       if (!byte_level_to_bytes(token, token_bytes_[id])) token_bytes_[id] = token;
-      if (ignore_merges_) bytes_to_id_.emplace(token_bytes_[id], static_cast<TokenId>(id));
+    }
+    std::array<TokenId, 256> byte_piece{};
+    for (std::size_t b = 0; b < 256; ++b) {
+      static constexpr char kHex[] = "0123456789ABCDEF";
+      const std::string name = std::string("<0x") + kHex[b >> 4] + kHex[b & 15] + ">";
+      const auto it = vocab_.find(name);
+      byte_piece[b] = it == vocab_.end() ? -1 : it->second;
+    }
+
+    if (model_kind_ == ModelKind::unigram) {
+      auto uni = std::make_shared<detail::UnigramModel>();
+      uni->scores = scores;
+      uni->min_score = scores.empty() ? 0.0 : *std::min_element(scores.begin(), scores.end());
+      for (const auto& [token, tid] : entries) {
+        if (!token.empty()) uni->trie.insert(token, tid);
+      }
+      if (const auto* unk = detail::find_member(*model, "unk_id")) {
+        if (!unk->is_number_integer() || unk->get<TokenId>() < 0 || unk->get<TokenId>() >= static_cast<TokenId>(entries.size())) {
+          fail("model.unk_id must be the index of a piece of model.vocab");
+        }
+        uni->unk_id = unk->get<TokenId>();
+      }
+      uni->byte_fallback = detail::json_flag(*model, "byte_fallback", false);
+      uni->byte_ids = byte_piece;
+      unigram_ = std::move(uni);
+    } else {
+      load_bpe(*model, source, unsupported, byte_piece);
+    }
+
+    // Added tokens (they may lie outside model.vocab).
+    if (added != nullptr) {
+      for (const auto& a : *added) {
+        AddedToken t;
+        t.id = a["id"].get<TokenId>();
+        t.content = a["content"].get<std::string>();
+        if (!is_valid_utf8(t.content)) fail("added token " + std::to_string(t.id) + " is not valid UTF-8");
+        t.single_word = detail::json_flag(a, "single_word", false);
+        t.lstrip = detail::json_flag(a, "lstrip", false);
+        t.rstrip = detail::json_flag(a, "rstrip", false);
+        t.special = detail::json_flag(a, "special", false);
+        t.normalized = detail::json_flag(a, "normalized", !t.special);
+        register_added(std::move(t));
+      }
+    }
+
+    if (const auto* norm = detail::find_member(j, "normalizer")) load_normalizer(*norm, "normalizer", source, unsupported);
+    if (const auto* dec = detail::find_member(j, "decoder")) {
+      has_decoder_ = true;
+      load_decoder(*dec, "decoder", source, unsupported);
+    }
+    if (const auto* post = detail::find_member(j, "post_processor")) load_post_processor(*post, "post_processor", source, unsupported);
+    if (!unsupported.parts.empty()) {
+      std::string message = "unsupported tokenizer components (" + std::to_string(unsupported.parts.size()) + "):";
+      for (const auto& p : unsupported.parts) message += "\n  - " + p;
+      fail(message);
+    }
+    for (const auto& t : templates_) {
+      for (const auto& piece : t) {
+        for (const TokenId id : piece.ids) {
+          if (id < 0 || static_cast<std::size_t>(id) >= tokens_.size() || !has_token_[static_cast<std::size_t>(id)]) {
+            fail("post_processor adds the id " + std::to_string(id) + ", which is no token of this tokenizer");
+          }
+        }
+      }
+    }
+    byte_level_decode_ = decoders_.size() == 1 && decoders_[0].kind == detail::DecoderStep::Kind::byte_level;
+    build_added_tables();
+    if (const auto* trunc = detail::find_member(j, "truncation"); trunc != nullptr && trunc->contains("max_length") &&
+                                                                   (*trunc)["max_length"].is_number_unsigned()) {
+      model_max_length_ = (*trunc)["max_length"].get<std::size_t>();
+    }
+  }
+
+  void load_bpe(const nlohmann::json& model, const std::string& source, Unsupported& unsupported,
+                const std::array<TokenId, 256>& byte_piece) {
+    const auto fail = [&](const std::string& what) { throw FileError(source, what); };
+    if (const auto* d = detail::find_member(model, "dropout"); d != nullptr && d->is_number() && d->get<double>() > 0) {
+      unsupported.add("model.dropout (BPE dropout is for training tokenizers)");
+    }
+    prefix_ = string_field(model, "continuing_subword_prefix", "", "model", source);
+    suffix_ = string_field(model, "end_of_word_suffix", "", "model", source);
+    if (byte_level_ && (!prefix_.empty() || !suffix_.empty())) {
+      unsupported.add("model.continuing_subword_prefix / end_of_word_suffix together with a ByteLevel pre-tokenizer");
+    }
+    ignore_merges_ = detail::json_flag(model, "ignore_merges", false);
+    byte_fallback_ = detail::json_flag(model, "byte_fallback", false);
+    fuse_unk_ = detail::json_flag(model, "fuse_unk", false);
+    byte_piece_ = byte_piece;
+    if (const auto* unk = detail::find_member(model, "unk_token")) {
+      if (!unk->is_string()) fail("model.unk_token must be a string");
+      unk_token_ = unk->get<std::string>();
+    }
+    if (ignore_merges_ && byte_level_) {
+      for (std::size_t id = 0; id < tokens_.size(); ++id) {
+        if (has_token_[id]) bytes_to_id_.emplace(token_bytes_[id], static_cast<TokenId>(id));
+      }
     }
     const auto& alphabet = ByteAlphabet::get();
     for (std::size_t b = 0; b < 256; ++b) {
@@ -446,7 +655,7 @@ class Tokenizer {
     }
 
     // Merges: "a b" strings or ["a", "b"] pairs; rank = position.
-    const auto* merges = detail::find_member(*model, "merges");
+    const auto* merges = detail::find_member(model, "merges");
     if (merges == nullptr) merges = &kEmptyArray();
     if (!merges->is_array()) fail("model.merges must be a list");
     merges_.reserve(merges->size());
@@ -468,55 +677,11 @@ class Tokenizer {
       } else {
         fail(where + " is neither \"a b\" nor [\"a\", \"b\"]");
       }
-      const auto l = vocab_.find(left), r = vocab_.find(right), merged = vocab_.find(left + right);
+      const std::size_t cut = !prefix_.empty() && right.compare(0, prefix_.size(), prefix_) == 0 ? prefix_.size() : 0;
+      const auto l = vocab_.find(left), r = vocab_.find(right), merged = vocab_.find(left + right.substr(cut));
       if (l == vocab_.end() || r == vocab_.end()) fail(where + ": \"" + (l == vocab_.end() ? left : right) + "\" is not in model.vocab");
-      if (merged == vocab_.end()) fail(where + ": the merged token \"" + left + right + "\" is not in model.vocab");
+      if (merged == vocab_.end()) fail(where + ": the merged token \"" + left + right.substr(cut) + "\" is not in model.vocab");
       merges_.try_emplace(pair_key(l->second, r->second), MergeTarget{static_cast<std::uint32_t>(rank), merged->second});
-    }
-
-    // Added tokens (they may lie outside model.vocab).
-    if (added != nullptr) {
-      for (const auto& a : *added) {
-        AddedToken t;
-        t.id = a["id"].get<TokenId>();
-        t.content = a["content"].get<std::string>();
-        if (!is_valid_utf8(t.content)) fail("added token " + std::to_string(t.id) + " is not valid UTF-8");
-        t.single_word = detail::json_flag(a, "single_word", false);
-        t.lstrip = detail::json_flag(a, "lstrip", false);
-        t.rstrip = detail::json_flag(a, "rstrip", false);
-        t.normalized = detail::json_flag(a, "normalized", !detail::json_flag(a, "special", false));
-        t.special = detail::json_flag(a, "special", false);
-        const auto id = static_cast<std::size_t>(t.id);
-        tokens_[id] = t.content;
-        has_token_[id] = true;
-        is_special_[id] = t.special;
-        token_bytes_[id].clear();
-        if (!byte_level_to_bytes(t.content, token_bytes_[id])) token_bytes_[id] = t.content;
-        added_ids_[t.content] = t.id;
-        added_.push_back(std::move(t));
-      }
-    }
-    for (std::size_t i = 0; i < added_.size(); ++i) {
-      auto& table = added_[i].normalized ? normalized_added_ : raw_added_;
-      table.by_first_byte[static_cast<unsigned char>(added_[i].content[0])].push_back(i);
-      table.any = true;
-    }
-    for (auto* table : {&raw_added_, &normalized_added_}) {
-      for (auto& bucket : table->by_first_byte) {
-        std::stable_sort(bucket.begin(), bucket.end(),
-                         [&](std::size_t a, std::size_t b) { return added_[a].content.size() > added_[b].content.size(); });
-      }
-    }
-
-    if (const auto* norm = detail::find_member(j, "normalizer")) load_normalizer(*norm, "normalizer", source);
-    bool byte_level = false;
-    if (const auto* pre = detail::find_member(j, "pre_tokenizer")) load_pre_tokenizer(*pre, "pre_tokenizer", source, byte_level);
-    if (!byte_level) fail("pre_tokenizer has no ByteLevel step: only byte-level BPE tokenizers are supported");
-    if (const auto* dec = detail::find_member(j, "decoder")) load_decoder(*dec, "decoder", source);
-    if (const auto* post = detail::find_member(j, "post_processor")) load_post_processor(*post, "post_processor", source);
-    if (const auto* trunc = detail::find_member(j, "truncation"); trunc != nullptr && trunc->contains("max_length") &&
-                                                                   (*trunc)["max_length"].is_number_unsigned()) {
-      model_max_length_ = (*trunc)["max_length"].get<std::size_t>();
     }
   }
 
@@ -525,129 +690,334 @@ class Tokenizer {
     return empty;
   }
 
-  void load_normalizer(const nlohmann::json& n, const std::string& where, const std::string& source) {
-    const auto type = detail::json_type(n);
-    if (type == "Sequence") {
-      const auto* list = detail::find_member(n, "normalizers");
-      if (list == nullptr || !list->is_array()) throw FileError(source, where + ".normalizers must be a list");
-      for (std::size_t i = 0; i < list->size(); ++i) load_normalizer((*list)[i], where + ".normalizers[" + std::to_string(i) + "]", source);
-    } else if (type == "NFC") {
-      normalizers_.push_back(NormalizerStep::nfc);
-    } else if (type == "NFD") {
-      normalizers_.push_back(NormalizerStep::nfd);
-    } else if (type == "NFKC") {
-      normalizers_.push_back(NormalizerStep::nfkc);
-    } else if (type == "NFKD") {
-      normalizers_.push_back(NormalizerStep::nfkd);
-    } else if (type == "Lowercase") {
-      normalizers_.push_back(NormalizerStep::lowercase);
-    } else {
-      throw FileError(source, where + ".type \"" + type + "\" is not supported (supported: NFC, NFD, NFKC, NFKD, "
-                                      "Lowercase, Sequence)");
+  // Adds (or, for an id already added, replaces) an added token.
+  void register_added(AddedToken t) {
+    const auto id = static_cast<std::size_t>(t.id);
+    if (id >= tokens_.size()) {
+      tokens_.resize(id + 1);
+      token_bytes_.resize(id + 1);
+      has_token_.resize(id + 1, false);
+      is_special_.resize(id + 1, false);
+    }
+    tokens_[id] = t.content;
+    has_token_[id] = true;
+    is_special_[id] = t.special;
+    token_bytes_[id].clear();
+    if (!byte_level_to_bytes(t.content, token_bytes_[id])) token_bytes_[id] = t.content;
+    added_ids_[t.content] = t.id;
+    for (auto& existing : added_) {
+      if (existing.id == t.id) {
+        existing = std::move(t);
+        return;
+      }
+    }
+    added_.push_back(std::move(t));
+  }
+
+  // The lookup tables of added tokens: raw ones match the input text, `normalized` ones match the normalized text
+  // in their normalized form (HF normalizes their content with the tokenizer's normalizer).
+  void build_added_tables() {
+    raw_added_ = {};
+    normalized_added_ = {};
+    added_match_.assign(added_.size(), {});
+    for (std::size_t i = 0; i < added_.size(); ++i) {
+      added_match_[i] = added_[i].normalized ? normalize_text(added_[i].content) : added_[i].content;
+      if (added_match_[i].empty()) continue;
+      auto& table = added_[i].normalized ? normalized_added_ : raw_added_;
+      table.by_first_byte[static_cast<unsigned char>(added_match_[i][0])].push_back(i);
+      table.any = true;
+    }
+    for (auto* table : {&raw_added_, &normalized_added_}) {
+      for (auto& bucket : table->by_first_byte) {
+        std::stable_sort(bucket.begin(), bucket.end(),
+                         [&](std::size_t a, std::size_t b) { return added_match_[a].size() > added_match_[b].size(); });
+      }
     }
   }
 
-  void load_pre_tokenizer(const nlohmann::json& p, const std::string& where, const std::string& source, bool& byte_level) {
-    const auto type = detail::json_type(p);
+  void load_normalizer(const nlohmann::json& n, const std::string& where, const std::string& source, Unsupported& unsupported) {
+    using K = detail::NormalizerStep::Kind;
+    const auto type = detail::json_type(n);
+    detail::NormalizerStep step;
     if (type == "Sequence") {
-      const auto* list = detail::find_member(p, "pretokenizers");
-      if (list == nullptr || !list->is_array()) throw FileError(source, where + ".pretokenizers must be a list");
+      const auto* list = detail::find_member(n, "normalizers");
+      if (list == nullptr || !list->is_array()) throw FileError(source, where + ".normalizers must be a list");
       for (std::size_t i = 0; i < list->size(); ++i) {
-        load_pre_tokenizer((*list)[i], where + ".pretokenizers[" + std::to_string(i) + "]", source, byte_level);
+        load_normalizer((*list)[i], where + ".normalizers[" + std::to_string(i) + "]", source, unsupported);
       }
-    } else if (type == "Split") {
-      SplitStep step;
-      const auto* pattern = detail::find_member(p, "pattern");
-      std::string regex;
-      if (pattern != nullptr && pattern->contains("Regex") && (*pattern)["Regex"].is_string()) {
-        regex = (*pattern)["Regex"].get<std::string>();
-      } else if (pattern != nullptr && pattern->contains("String") && (*pattern)["String"].is_string()) {
-        regex = detail::regex_escape((*pattern)["String"].get<std::string>());
-      } else {
-        throw FileError(source, where + ".pattern must be {\"Regex\": ...} or {\"String\": ...}");
-      }
+      return;
+    } else if (type == "NFC") {
+      step.kind = K::nfc;
+    } else if (type == "NFD") {
+      step.kind = K::nfd;
+    } else if (type == "NFKC") {
+      step.kind = K::nfkc;
+    } else if (type == "NFKD") {
+      step.kind = K::nfkd;
+    } else if (type == "Lowercase") {
+      step.kind = K::lowercase;
+    } else if (type == "StripAccents") {
+      step.kind = K::strip_accents;
+    } else if (type == "Strip") {
+      step.kind = K::strip;
+      step.left = detail::json_flag(n, "strip_left", true);
+      step.right = detail::json_flag(n, "strip_right", true);
+    } else if (type == "Prepend") {
+      step.kind = K::prepend;
+      step.text = string_field(n, "prepend", "", where, source);
+    } else if (type == "Replace") {
+      step.kind = K::replace;
+      step.pattern = load_pattern(n, where, source);
+      step.text = string_field(n, "content", "", where, source);
+    } else if (type == "Precompiled") {
+      step.kind = K::precompiled;
+      const auto* map = detail::find_member(n, "precompiled_charsmap");
+      if (map != nullptr && !map->is_string()) throw FileError(source, where + ".precompiled_charsmap must be a base64 string");
       try {
-        step.regex = std::make_shared<const Regex>(regex);
+        step.charsmap = std::make_shared<const detail::PrecompiledCharsmap>(
+            map == nullptr ? std::string() : detail::base64_decode(map->get<std::string>(), where + ".precompiled_charsmap"),
+            where + ".precompiled_charsmap");
+      } catch (const FileError&) {
+        throw;
       } catch (const Error& e) {
-        throw FileError(source, where + ".pattern: " + e.what());
+        throw FileError(source, e.what());
       }
-      const auto behavior = p.value("behavior", std::string("Isolated"));
+    } else if (type == "BertNormalizer") {
+      step.kind = K::bert;
+      step.clean_text = detail::json_flag(n, "clean_text", true);
+      step.handle_chinese_chars = detail::json_flag(n, "handle_chinese_chars", true);
+      step.lowercase = detail::json_flag(n, "lowercase", true);
+      if (const auto* s = detail::find_member(n, "strip_accents"); s != nullptr && s->is_boolean()) step.strip_accents = s->get<bool>();
+    } else {
+      unsupported.add(where + ".type \"" + type + "\" (supported normalizers: NFC, NFD, NFKC, NFKD, Lowercase, Strip, "
+                      "StripAccents, Prepend, Replace, Precompiled, BertNormalizer, Sequence)");
+      return;
+    }
+    normalizers_.push_back(std::move(step));
+  }
+
+  void load_pre_tokenizer(const nlohmann::json& p, const std::string& where, const std::string& source, Unsupported& unsupported) {
+    const auto type = detail::json_type(p);
+    const auto split_on = [&](std::string regex, SplitBehavior behavior, bool invert) {
+      SplitStep step;
+      step.pattern.regex = std::make_shared<const Regex>(regex);
+      step.behavior = behavior;
+      step.invert = invert;
+      pre_tokenizers_.emplace_back(std::move(step));
+    };
+    const auto behavior_of = [&](const char* fallback) {
+      const auto behavior = string_field(p, "behavior", fallback, where, source);
       static const std::pair<const char*, SplitBehavior> kBehaviors[] = {
           {"Removed", SplitBehavior::removed}, {"Isolated", SplitBehavior::isolated},
           {"MergedWithPrevious", SplitBehavior::merged_with_previous}, {"MergedWithNext", SplitBehavior::merged_with_next},
           {"Contiguous", SplitBehavior::contiguous}};
-      bool known = false;
       for (const auto& [name, b] : kBehaviors) {
-        if (behavior == name) {
-          step.behavior = b;
-          known = true;
-        }
+        if (behavior == name) return b;
       }
-      if (!known) throw FileError(source, where + ".behavior \"" + behavior + "\" is not a Split behavior");
+      throw FileError(source, where + ".behavior \"" + behavior + "\" is not a Split behavior");
+    };
+    if (type == "Sequence") {
+      const auto* list = detail::find_member(p, "pretokenizers");
+      if (list == nullptr || !list->is_array()) throw FileError(source, where + ".pretokenizers must be a list");
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        load_pre_tokenizer((*list)[i], where + ".pretokenizers[" + std::to_string(i) + "]", source, unsupported);
+      }
+    } else if (type == "Split") {
+      SplitStep step;
+      step.pattern = load_pattern(p, where, source);
+      step.behavior = behavior_of("Isolated");
       step.invert = detail::json_flag(p, "invert", false);
       pre_tokenizers_.emplace_back(std::move(step));
     } else if (type == "ByteLevel") {
       ByteLevelStep step;
       step.add_prefix_space = detail::json_flag(p, "add_prefix_space", true);
-      if (detail::json_flag(p, "use_regex", true)) step.regex = std::make_shared<const Regex>(detail::kGpt2Pattern);
+      step.use_regex = detail::json_flag(p, "use_regex", true);
+      if (step.use_regex) step.regex.regex = std::make_shared<const Regex>(detail::kGpt2Pattern);
       pre_tokenizers_.emplace_back(std::move(step));
-      byte_level = true;
+    } else if (type == "Metaspace") {
+      MetaspaceStep step;
+      step.replacement = string_field(p, "replacement", "\xE2\x96\x81", where, source);
+      if (step.replacement.empty() || utf8_sequence_length(step.replacement, 0) != step.replacement.size()) {
+        throw FileError(source, where + ".replacement must be one character");
+      }
+      step.scheme = load_prepend_scheme(p, where, source);
+      step.split = detail::json_flag(p, "split", true);
+      pre_tokenizers_.emplace_back(std::move(step));
     } else if (type == "Digits") {
+      split_on(detail::json_flag(p, "individual_digits", false) ? "\\p{N}" : "\\p{N}+", SplitBehavior::isolated, false);
+    } else if (type == "Whitespace") {
+      split_on("\\w+|[^\\w\\s]+", SplitBehavior::removed, true);  // keep the matches, drop the rest
+    } else if (type == "WhitespaceSplit") {
+      split_on("\\s+", SplitBehavior::removed, false);
+    } else if (type == "Punctuation") {
+      split_on(detail::kPunctuationClass, behavior_of("Isolated"), false);
+    } else if (type == "BertPreTokenizer") {
+      split_on("\\s+", SplitBehavior::removed, false);
+      split_on(detail::kPunctuationClass, SplitBehavior::isolated, false);
+    } else if (type == "CharDelimiterSplit") {
+      const auto delimiter = string_field(p, "delimiter", "", where, source);
+      if (delimiter.empty() || utf8_sequence_length(delimiter, 0) != delimiter.size()) {
+        throw FileError(source, where + ".delimiter must be one character");
+      }
       SplitStep step;
-      step.regex = std::make_shared<const Regex>(detail::json_flag(p, "individual_digits", false) ? "\\p{N}" : "\\p{N}+");
+      step.pattern.literal = delimiter;
+      step.behavior = SplitBehavior::removed;
       pre_tokenizers_.emplace_back(std::move(step));
     } else {
-      throw FileError(source, where + ".type \"" + type + "\" is not supported (supported: Sequence, Split, ByteLevel, Digits)");
+      unsupported.add(where + ".type \"" + type + "\" (supported pre-tokenizers: ByteLevel, Split, Metaspace, Digits, "
+                      "Whitespace, WhitespaceSplit, Punctuation, BertPreTokenizer, CharDelimiterSplit, Sequence)");
     }
   }
 
-  static void load_decoder(const nlohmann::json& d, const std::string& where, const std::string& source) {
+  void load_decoder(const nlohmann::json& d, const std::string& where, const std::string& source, Unsupported& unsupported) {
+    using K = detail::DecoderStep::Kind;
     const auto type = detail::json_type(d);
-    if (type == "ByteLevel") return;
+    detail::DecoderStep step;
     if (type == "Sequence") {
       const auto* list = detail::find_member(d, "decoders");
       if (list == nullptr || !list->is_array()) throw FileError(source, where + ".decoders must be a list");
-      for (std::size_t i = 0; i < list->size(); ++i) load_decoder((*list)[i], where + ".decoders[" + std::to_string(i) + "]", source);
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        load_decoder((*list)[i], where + ".decoders[" + std::to_string(i) + "]", source, unsupported);
+      }
+      return;
+    } else if (type == "ByteLevel") {
+      step.kind = K::byte_level;
+    } else if (type == "Replace") {
+      step.kind = K::replace;
+      step.pattern = load_pattern(d, where, source);
+      step.text = string_field(d, "content", "", where, source);
+    } else if (type == "ByteFallback") {
+      step.kind = K::byte_fallback;
+    } else if (type == "Fuse") {
+      step.kind = K::fuse;
+    } else if (type == "Strip") {
+      step.kind = K::strip;
+      const auto content = string_field(d, "content", " ", where, source);
+      if (content.empty() || utf8_sequence_length(content, 0) != content.size()) {
+        throw FileError(source, where + ".content must be one character");
+      }
+      step.strip_char = decode_utf8_at(content, 0, content.size());
+      step.start = count_field(d, "start", where, source);
+      step.stop = count_field(d, "stop", where, source);
+    } else if (type == "Metaspace") {
+      step.kind = K::metaspace;
+      step.text = string_field(d, "replacement", "\xE2\x96\x81", where, source);
+      step.scheme = load_prepend_scheme(d, where, source);
+    } else if (type == "WordPiece") {
+      step.kind = K::word_piece;
+      step.text = string_field(d, "prefix", "##", where, source);
+      step.cleanup = detail::json_flag(d, "cleanup", true);
+    } else if (type == "BPEDecoder") {
+      step.kind = K::bpe_suffix;
+      step.text = string_field(d, "suffix", "</w>", where, source);
+    } else {
+      unsupported.add(where + ".type \"" + type + "\" (supported decoders: ByteLevel, Replace, ByteFallback, Fuse, Strip, "
+                      "Metaspace, WordPiece, BPEDecoder, Sequence)");
       return;
     }
-    throw FileError(source, where + ".type \"" + type + "\" is not supported (byte-level BPE needs the ByteLevel decoder)");
+    decoders_.push_back(std::move(step));
   }
 
-  void load_post_processor(const nlohmann::json& p, const std::string& where, const std::string& source) {
+  // A [token, id] pair of RobertaProcessing / BertProcessing.
+  static TokenId processing_token(const nlohmann::json& p, const char* key, const std::string& where, const std::string& source) {
+    const auto* v = detail::find_member(p, key);
+    if (v == nullptr || !v->is_array() || v->size() != 2 || !(*v)[1].is_number_integer()) {
+      throw FileError(source, where + "." + key + " must be [token, id]");
+    }
+    return (*v)[1].get<TokenId>();
+  }
+
+  void load_post_processor(const nlohmann::json& p, const std::string& where, const std::string& source, Unsupported& unsupported) {
     const auto type = detail::json_type(p);
     if (type == "ByteLevel") return;  // offsets only
     if (type == "Sequence") {
       const auto* list = detail::find_member(p, "processors");
       if (list == nullptr || !list->is_array()) throw FileError(source, where + ".processors must be a list");
-      for (std::size_t i = 0; i < list->size(); ++i) load_post_processor((*list)[i], where + ".processors[" + std::to_string(i) + "]", source);
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        load_post_processor((*list)[i], where + ".processors[" + std::to_string(i) + "]", source, unsupported);
+      }
+      return;
+    }
+    if (type == "RobertaProcessing" || type == "BertProcessing") {
+      Template t;
+      t.push_back({false, {processing_token(p, "cls", where, source)}});
+      t.push_back({true, {}});
+      t.push_back({false, {processing_token(p, "sep", where, source)}});
+      templates_.push_back(std::move(t));
       return;
     }
     if (type != "TemplateProcessing") {
-      throw FileError(source, where + ".type \"" + type + "\" is not supported (supported: ByteLevel, TemplateProcessing, Sequence)");
+      unsupported.add(where + ".type \"" + type + "\" (supported post-processors: TemplateProcessing, ByteLevel, "
+                      "RobertaProcessing, BertProcessing, Sequence)");
+      return;
     }
     const auto* single = detail::find_member(p, "single");
     const auto* specials = detail::find_member(p, "special_tokens");
     if (single == nullptr || !single->is_array()) throw FileError(source, where + ".single must be a list");
-    template_.clear();
+    Template t;
     for (const auto& item : *single) {
       TemplatePiece piece;
-      if (item.contains("Sequence")) {
+      if (item.is_object() && item.contains("Sequence")) {
         piece.is_sequence = true;
-      } else if (item.contains("SpecialToken") && item["SpecialToken"].contains("id")) {
+      } else if (item.is_object() && item.contains("SpecialToken") && item["SpecialToken"].is_object() &&
+                 item["SpecialToken"].contains("id") && item["SpecialToken"]["id"].is_string()) {
         const auto name = item["SpecialToken"]["id"].get<std::string>();
-        if (specials == nullptr || !specials->contains(name) || !(*specials)[name].contains("ids")) {
+        if (specials == nullptr || !specials->is_object() || !specials->contains(name) || !(*specials)[name].is_object() ||
+            !(*specials)[name].contains("ids") || !(*specials)[name]["ids"].is_array()) {
           throw FileError(source, where + ".special_tokens has no entry \"" + name + "\"");
         }
-        piece.ids = (*specials)[name]["ids"].get<std::vector<TokenId>>();
+        for (const auto& v : (*specials)[name]["ids"]) {
+          if (!v.is_number_integer() || v.get<TokenId>() < 0) throw FileError(source, where + ".special_tokens[\"" + name + "\"].ids must be ids");
+          piece.ids.push_back(v.get<TokenId>());
+        }
       } else {
         throw FileError(source, where + ".single has an item that is neither Sequence nor SpecialToken");
       }
-      template_.push_back(std::move(piece));
+      t.push_back(std::move(piece));
     }
+    templates_.push_back(std::move(t));
   }
 
+  // Reads the special tokens and the settings of tokenizer_config.json (with special_tokens_map.json as fallback)
+  // the way transformers' fast tokenizers apply them.
   void configure_special_tokens(const nlohmann::json& config, const nlohmann::json& special_map, const std::string& source) {
-    const auto resolve = [&](const char* key, std::optional<std::string>& text, std::optional<TokenId>& id) {
+    if (!config.is_object()) throw FileError(source, "not a JSON object");
+    // added_tokens_decoder: tokens that tokenizer.json does not have yet are added with their flags.
+    if (const auto* decoder = detail::find_member(config, "added_tokens_decoder")) {
+      if (!decoder->is_object()) throw FileError(source, "added_tokens_decoder must be an object of id -> token");
+      std::vector<AddedToken> extra;
+      for (const auto& [key, v] : decoder->items()) {
+        TokenId id = -1;
+        try {
+          std::size_t used = 0;
+          id = std::stoll(key, &used);
+          if (used != key.size()) id = -1;
+        } catch (const std::exception&) {
+          id = -1;
+        }
+        if (id < 0 || id > 50'000'000) throw FileError(source, "added_tokens_decoder key \"" + key + "\" is not a token id");
+        if (!v.is_object() || !v.contains("content") || !v["content"].is_string() || v["content"].get<std::string>().empty() ||
+            !is_valid_utf8(v["content"].get<std::string>())) {
+          throw FileError(source, "added_tokens_decoder[\"" + key + "\"] needs a non-empty string \"content\"");
+        }
+        const bool known = std::any_of(added_.begin(), added_.end(), [&](const AddedToken& a) { return a.id == id; });
+        if (known) continue;
+        AddedToken t;
+        t.id = id;
+        t.content = v["content"].get<std::string>();
+        t.special = detail::json_flag(v, "special", false);
+        t.single_word = detail::json_flag(v, "single_word", false);
+        t.lstrip = detail::json_flag(v, "lstrip", false);
+        t.rstrip = detail::json_flag(v, "rstrip", false);
+        t.normalized = detail::json_flag(v, "normalized", !t.special);
+        extra.push_back(std::move(t));
+      }
+      std::sort(extra.begin(), extra.end(), [](const AddedToken& a, const AddedToken& b) { return a.id < b.id; });
+      for (auto& t : extra) register_added(std::move(t));
+    }
+    // Special tokens that are only in the model's vocabulary become special added tokens, as transformers makes
+    // them (so they are split out of text and skipped by skip_special_tokens).
+    const auto resolve = [&](const char* key, std::optional<std::string>* text, std::optional<TokenId>* id) {
       const nlohmann::json* v = detail::find_member(config, key);
       if (v == nullptr) v = detail::find_member(special_map, key);
       if (v == nullptr) return;
@@ -661,25 +1031,69 @@ class Tokenizer {
       }
       const auto found = token_to_id(content);
       if (!found) throw FileError(source, std::string(key) + " \"" + content + "\" is not a token of tokenizer.json");
-      text = content;
-      id = *found;
+      if (added_ids_.find(content) == added_ids_.end()) {
+        AddedToken t;
+        t.id = *found;
+        t.content = content;
+        t.special = true;
+        if (v->is_object()) {
+          t.single_word = detail::json_flag(*v, "single_word", false);
+          t.lstrip = detail::json_flag(*v, "lstrip", false);
+          t.rstrip = detail::json_flag(*v, "rstrip", false);
+          t.normalized = detail::json_flag(*v, "normalized", false);
+        }
+        register_added(std::move(t));
+      }
+      if (text != nullptr) *text = content;
+      if (id != nullptr) *id = *found;
     };
-    resolve("bos_token", special_.bos_token, special_.bos_id);
-    resolve("eos_token", special_.eos_token, special_.eos_id);
-    resolve("pad_token", special_.pad_token, special_.pad_id);
-    resolve("unk_token", special_.unk_token, special_.unk_id);
+    resolve("bos_token", &special_.bos_token, &special_.bos_id);
+    resolve("eos_token", &special_.eos_token, &special_.eos_id);
+    resolve("pad_token", &special_.pad_token, &special_.pad_id);
+    resolve("unk_token", &special_.unk_token, &special_.unk_id);
+    for (const char* key : {"cls_token", "sep_token", "mask_token"}) resolve(key, nullptr, nullptr);
     const nlohmann::json* extra = detail::find_member(config, "additional_special_tokens");
     if (extra == nullptr) extra = detail::find_member(special_map, "additional_special_tokens");
     if (extra != nullptr && extra->is_array()) {
       for (const auto& e : *extra) {
         if (e.is_string()) special_.additional.push_back(e.get<std::string>());
-        else if (e.is_object() && e.contains("content")) special_.additional.push_back(e["content"].get<std::string>());
+        else if (e.is_object() && e.contains("content") && e["content"].is_string()) special_.additional.push_back(e["content"].get<std::string>());
       }
     }
+    build_added_tables();
     if (special_.eos_id) special_.generation_eos_ids = {*special_.eos_id};
     if (const auto* m = detail::find_member(config, "model_max_length"); m != nullptr && m->is_number()) {
       const double v = m->get<double>();
       model_max_length_ = v > 0 && v < 1e15 ? static_cast<std::size_t>(v) : model_max_length_;
+    }
+    const auto flag = [&](const char* key) -> std::optional<bool> {
+      const auto* v = detail::find_member(config, key);
+      if (v == nullptr) return std::nullopt;
+      if (!v->is_boolean()) throw FileError(source, std::string(key) + " must be true or false");
+      return v->get<bool>();
+    };
+    clean_up_tokenization_spaces_ = flag("clean_up_tokenization_spaces").value_or(false);
+    legacy_ = flag("legacy");
+    const auto add_bos = flag("add_bos_token"), add_eos = flag("add_eos_token");
+    // transformers' Llama/CodeLlama/Gemma fast tokenizers rebuild the post-processor from these two flags (BOS on
+    // by default); any other tokenizer gets them only where tokenizer.json's post-processor adds nothing itself.
+    const auto* class_field = detail::find_member(config, "tokenizer_class");
+    const std::string cls = class_field != nullptr && class_field->is_string() ? class_field->get<std::string>() : std::string();
+    static constexpr std::string_view kRebuilding[] = {"LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer",
+                                                       "CodeLlamaTokenizerFast", "GemmaTokenizer", "GemmaTokenizerFast"};
+    const bool rebuilds = std::find(std::begin(kRebuilding), std::end(kRebuilding), cls) != std::end(kRebuilding);
+    const bool adds_nothing = std::all_of(templates_.begin(), templates_.end(), [](const Template& t) {
+      return std::all_of(t.begin(), t.end(), [](const TemplatePiece& p) { return p.is_sequence; });
+    });
+    if (rebuilds || (adds_nothing && (add_bos.value_or(false) || add_eos.value_or(false)))) {
+      const bool bos = add_bos.value_or(rebuilds), eos = add_eos.value_or(false);
+      if (bos && !special_.bos_id) throw FileError(source, "add_bos_token is true but there is no bos_token");
+      if (eos && !special_.eos_id) throw FileError(source, "add_eos_token is true but there is no eos_token");
+      Template t;
+      if (bos) t.push_back({false, {*special_.bos_id}});
+      t.push_back({true, {}});
+      if (eos) t.push_back({false, {*special_.eos_id}});
+      templates_.assign(1, std::move(t));
     }
   }
 
@@ -701,10 +1115,12 @@ class Tokenizer {
     while (i < text.size()) {
       const auto& bucket = table.by_first_byte[static_cast<unsigned char>(text[i])];
       const AddedToken* hit = nullptr;
+      std::size_t hit_size = 0;
       for (const std::size_t k : bucket) {
-        const auto& content = added_[k].content;
+        const auto& content = added_match_[k];
         if (text.compare(i, content.size(), content) == 0) {
           hit = &added_[k];
+          hit_size = content.size();
           break;
         }
       }
@@ -712,14 +1128,14 @@ class Tokenizer {
         ++i;
         continue;
       }
-      std::size_t start = i, stop = i + hit->content.size();
+      std::size_t start = i, stop = i + hit_size;
       i = stop;
       if (hit->single_word) {
         const bool start_ok = start == 0 || !detail::is_word_char(detail::last_char_before(text, start));
         bool stop_ok = stop == text.size();
         if (!stop_ok) {
           const std::size_t len = utf8_sequence_length(text, stop);
-          stop_ok = !detail::is_word_char(decode_utf8_at(text, stop, len));
+          stop_ok = len == 0 || !detail::is_word_char(decode_utf8_at(text, stop, len));
         }
         if (!start_ok || !stop_ok) continue;
       }
@@ -736,7 +1152,7 @@ class Tokenizer {
       if (hit->rstrip) {
         while (stop < text.size()) {
           const std::size_t len = utf8_sequence_length(text, stop);
-          if (!is_unicode_whitespace(decode_utf8_at(text, stop, len))) break;
+          if (len == 0 || !is_unicode_whitespace(decode_utf8_at(text, stop, len))) break;
           stop += len;
         }
         i = stop;
@@ -751,88 +1167,8 @@ class Tokenizer {
 
   std::string normalize_text(std::string_view text) const {
     std::string s(text);
-    for (const auto step : normalizers_) {
-      switch (step) {
-        case NormalizerStep::nfc: s = normalize(s, NormalizationForm::NFC); break;
-        case NormalizerStep::nfd: s = normalize(s, NormalizationForm::NFD); break;
-        case NormalizerStep::nfkc: s = normalize(s, NormalizationForm::NFKC); break;
-        case NormalizerStep::nfkd: s = normalize(s, NormalizationForm::NFKD); break;
-        case NormalizerStep::lowercase: {
-          std::string lower;
-          for (std::size_t i = 0; i < s.size();) {
-            const std::size_t len = utf8_sequence_length(s, i);
-            append_utf8(lower, static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(decode_utf8_at(s, i, len)))));
-            i += len;
-          }
-          s = std::move(lower);
-          break;
-        }
-      }
-    }
+    for (const auto& step : normalizers_) s = detail::apply_normalizer(step, std::move(s));
     return s;
-  }
-
-  // Applies one Split to every piece (HF's SplitDelimiterBehavior semantics). Pieces are views into the
-  // normalized text or into `storage`.
-  static void split_pieces(std::vector<std::string_view>& pieces, const Regex& regex, SplitBehavior behavior, bool invert) {
-    std::vector<std::string_view> out;
-    out.reserve(pieces.size() * 2);
-    for (const auto& piece : pieces) {
-      struct Part {
-        std::size_t begin, end;
-        bool is_match;
-      };
-      std::vector<Part> parts;
-      std::size_t last = 0;
-      for (const auto& m : regex.find_all(piece)) {
-        if (m.begin == m.end) continue;
-        if (last < m.begin) parts.push_back({last, m.begin, invert});
-        parts.push_back({m.begin, m.end, !invert});
-        last = m.end;
-      }
-      if (last < piece.size()) parts.push_back({last, piece.size(), invert});
-      std::vector<Part> kept;
-      switch (behavior) {
-        case SplitBehavior::isolated: kept.swap(parts); break;
-        case SplitBehavior::removed:
-          for (const auto& p : parts) {
-            if (!p.is_match) kept.push_back(p);
-          }
-          break;
-        case SplitBehavior::merged_with_previous: {
-          bool previous_match = false;
-          for (const auto& p : parts) {
-            if (p.is_match && !previous_match && !kept.empty()) kept.back().end = p.end;
-            else kept.push_back(p);
-            previous_match = p.is_match;
-          }
-          break;
-        }
-        case SplitBehavior::merged_with_next: {
-          bool previous_match = false;
-          for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
-            if (it->is_match && !previous_match && !kept.empty()) kept.back().begin = it->begin;
-            else kept.push_back(*it);
-            previous_match = it->is_match;
-          }
-          std::reverse(kept.begin(), kept.end());
-          break;
-        }
-        case SplitBehavior::contiguous: {
-          bool previous_match = false;
-          for (const auto& p : parts) {
-            if (!kept.empty() && p.is_match == previous_match) kept.back().end = p.end;
-            else kept.push_back(p);
-            previous_match = p.is_match;
-          }
-          break;
-        }
-      }
-      for (const auto& p : kept) {
-        if (p.end > p.begin) out.push_back(piece.substr(p.begin, p.end - p.begin));
-      }
-    }
-    pieces = std::move(out);
   }
 
   void encode_into(std::string_view text, std::vector<TokenId>& ids) const {
@@ -858,52 +1194,52 @@ class Tokenizer {
           ids.push_back(sub.token);
           continue;
         }
-        std::vector<std::string_view> pieces{std::string_view(normalized).substr(sub.begin, sub.end - sub.begin)};
-        std::deque<std::string> storage;  // pieces that add_prefix_space rewrote
+        std::vector<detail::Piece> pieces{{std::string_view(normalized).substr(sub.begin, sub.end - sub.begin),
+                                           seg.begin == 0 && sub.begin == 0}};
+        std::deque<std::string> storage;  // pieces that a pre-tokenizer rewrote
         for (const auto& step : pre_tokenizers_) {
           if (const auto* split = std::get_if<SplitStep>(&step)) {
-            split_pieces(pieces, *split->regex, split->behavior, split->invert);
+            detail::split_pieces(pieces, split->pattern, split->behavior, split->invert);
+          } else if (const auto* meta = std::get_if<MetaspaceStep>(&step)) {
+            detail::metaspace_pieces(pieces, meta->replacement, meta->scheme, meta->split, storage);
           } else {
             const auto& bl = std::get<ByteLevelStep>(step);
             if (bl.add_prefix_space) {
               for (auto& p : pieces) {
-                if (!p.empty() && p.front() == ' ') continue;
+                if (!p.text.empty() && p.text.front() == ' ') continue;
                 std::string& spaced = storage.emplace_back(1, ' ');
-                spaced.append(p.data(), p.size());
-                p = spaced;
+                spaced.append(p.text.data(), p.text.size());
+                p.text = spaced;
               }
             }
-            if (bl.regex) split_pieces(pieces, *bl.regex, SplitBehavior::isolated, false);
+            if (bl.use_regex) detail::split_pieces(pieces, bl.regex, SplitBehavior::isolated, false);
           }
         }
-        for (const auto& piece : pieces) bpe(piece, ids);
+        for (const auto& piece : pieces) encode_word(piece.text, ids);
       }
     }
   }
 
   std::vector<TokenId> apply_post_processor(std::vector<TokenId> ids) const {
-    if (template_.empty()) return ids;
-    std::vector<TokenId> out;
-    out.reserve(ids.size() + 4);
-    for (const auto& piece : template_) {
-      if (piece.is_sequence) out.insert(out.end(), ids.begin(), ids.end());
-      else out.insert(out.end(), piece.ids.begin(), piece.ids.end());
+    for (const auto& t : templates_) {
+      std::vector<TokenId> out;
+      out.reserve(ids.size() + 4);
+      for (const auto& piece : t) {
+        if (piece.is_sequence) out.insert(out.end(), ids.begin(), ids.end());
+        else out.insert(out.end(), piece.ids.begin(), piece.ids.end());
+      }
+      ids = std::move(out);
     }
-    return out;
+    return ids;
   }
 
   static std::uint64_t pair_key(TokenId a, TokenId b) {
     return (static_cast<std::uint64_t>(a) << 32) | static_cast<std::uint64_t>(static_cast<std::uint32_t>(b));
   }
 
-  // BPE of one pre-token (raw bytes): one symbol per byte, then merges lowest rank first (leftmost on ties).
-  void bpe(std::string_view word, std::vector<TokenId>& ids) const {
-    if (ignore_merges_) {
-      if (const auto it = bytes_to_id_.find(std::string(word)); it != bytes_to_id_.end()) {
-        ids.push_back(it->second);
-        return;
-      }
-    }
+  // The model on one pre-token, through the per-word cache.
+  void encode_word(std::string_view word, std::vector<TokenId>& ids) const {
+    if (word.empty()) return;
     const bool cacheable = word.size() <= 256;
     MergeCache::Shard* shard = nullptr;
     if (cacheable) {
@@ -914,6 +1250,39 @@ class Tokenizer {
         return;
       }
     }
+    const std::size_t first = ids.size();
+    if (model_kind_ == ModelKind::unigram) {
+      unigram_->encode(word, ids, [&](std::string_view piece) -> std::optional<TokenId> {
+        const auto it = vocab_.find(std::string(piece));
+        if (it == vocab_.end()) return std::nullopt;
+        return it->second;
+      });
+    } else {
+      bpe(word, ids);
+    }
+    if (cacheable) {
+      std::lock_guard lock(shard->mutex);
+      if (shard->map.size() < MergeCache::kCapacityPerShard) {
+        shard->map.try_emplace(std::string(word), ids.begin() + static_cast<std::ptrdiff_t>(first), ids.end());
+      }
+    }
+  }
+
+  // BPE of one pre-token: byte-level models start from one symbol per byte; others from one symbol per character
+  // (with byte fallback to <0xNN> pieces, else the unknown token), then merges apply lowest rank first (leftmost on
+  // ties).
+  void bpe(std::string_view word, std::vector<TokenId>& ids) const {
+    if (ignore_merges_) {
+      if (byte_level_) {
+        if (const auto it = bytes_to_id_.find(std::string(word)); it != bytes_to_id_.end()) {
+          ids.push_back(it->second);
+          return;
+        }
+      } else if (const auto it = vocab_.find(std::string(word)); it != vocab_.end()) {
+        ids.push_back(it->second);
+        return;
+      }
+    }
     struct Symbol {
       TokenId id;
       int prev, next;
@@ -921,11 +1290,50 @@ class Tokenizer {
     };
     std::vector<Symbol> symbols;
     symbols.reserve(word.size());
-    for (const char ch : word) {
-      const TokenId id = byte_id_[static_cast<unsigned char>(ch)];
-      if (id < 0) continue;  // a byte without a token (no unk token): dropped, as HF does
+    const auto add = [&](TokenId id) {
       const int k = static_cast<int>(symbols.size());
       symbols.push_back({id, k - 1, k + 1, true});
+    };
+    if (byte_level_) {
+      for (const char ch : word) {
+        const TokenId id = byte_id_[static_cast<unsigned char>(ch)];
+        if (id >= 0) add(id);  // a byte without a token (no unk token): dropped, as HF does
+      }
+    } else {
+      std::optional<TokenId> unk_id;
+      if (unk_token_) {
+        if (const auto it = vocab_.find(*unk_token_); it != vocab_.end()) unk_id = it->second;
+      }
+      bool pending_unk = false;
+      std::string key;
+      for (std::size_t at = 0; at < word.size();) {
+        const std::size_t len = std::max<std::size_t>(utf8_sequence_length(word, at), 1);
+        key.clear();
+        if (at > 0) key += prefix_;
+        key.append(word.substr(at, len));
+        if (at + len == word.size()) key += suffix_;
+        at += len;
+        if (const auto it = vocab_.find(key); it != vocab_.end()) {
+          if (pending_unk) add(*unk_id);
+          pending_unk = false;
+          add(it->second);
+          continue;
+        }
+        if (byte_fallback_) {
+          bool all = true;
+          for (const char ch : key) all = all && byte_piece_[static_cast<unsigned char>(ch)] >= 0;
+          if (all) {
+            for (const char ch : key) add(byte_piece_[static_cast<unsigned char>(ch)]);
+            continue;
+          }
+        }
+        if (unk_token_) {
+          if (!unk_id) throw Error("tokenizer: the unk_token \"" + *unk_token_ + "\" is not in the vocabulary");
+          if (pending_unk && !fuse_unk_) add(*unk_id);
+          pending_unk = true;
+        }
+      }
+      if (pending_unk) add(*unk_id);
     }
     if (!symbols.empty()) symbols.back().next = -1;
     struct Candidate {
@@ -960,15 +1368,8 @@ class Tokenizer {
       if (left.prev >= 0) push(left.prev);
       push(c.pos);
     }
-    const std::size_t first = ids.size();
     for (const auto& s : symbols) {
       if (s.alive) ids.push_back(s.id);
-    }
-    if (cacheable) {
-      std::lock_guard lock(shard->mutex);
-      if (shard->map.size() < MergeCache::kCapacityPerShard) {
-        shard->map.try_emplace(std::string(word), ids.begin() + static_cast<std::ptrdiff_t>(first), ids.end());
-      }
     }
   }
 
@@ -977,18 +1378,31 @@ class Tokenizer {
     TokenId new_id;
   };
 
-  std::vector<std::string> tokens_;       // id -> token string (byte-level alphabet, or added content)
-  std::vector<std::string> token_bytes_;  // id -> the bytes it decodes to
+  std::vector<std::string> tokens_;       // id -> token string (vocabulary piece, or added content)
+  std::vector<std::string> token_bytes_;  // id -> the bytes it decodes to under a ByteLevel decoder
   std::vector<bool> has_token_, is_special_;
   std::unordered_map<std::string, TokenId> vocab_, added_ids_, bytes_to_id_;
-  std::array<TokenId, 256> byte_id_{};
+  ModelKind model_kind_ = ModelKind::bpe;
+  // BPE
+  bool byte_level_ = false;
+  std::array<TokenId, 256> byte_id_{};     // byte-level: the token of each byte's alphabet character
+  std::array<TokenId, 256> byte_piece_{};  // byte fallback: the <0xNN> token of each byte, -1 if none
   std::unordered_map<std::uint64_t, MergeTarget> merges_;
-  bool ignore_merges_ = false;
+  bool ignore_merges_ = false, byte_fallback_ = false, fuse_unk_ = false;
+  std::optional<std::string> unk_token_;
+  std::string prefix_, suffix_;
+  // Unigram
+  std::shared_ptr<const detail::UnigramModel> unigram_;
   std::vector<AddedToken> added_;
+  std::vector<std::string> added_match_;  // per added token: the text it matches (normalized content if normalized)
   AddedTable raw_added_, normalized_added_;
-  std::vector<NormalizerStep> normalizers_;
+  std::vector<detail::NormalizerStep> normalizers_;
   std::vector<PreTokenizerStep> pre_tokenizers_;
-  std::vector<TemplatePiece> template_;
+  std::vector<detail::DecoderStep> decoders_;
+  bool has_decoder_ = false, byte_level_decode_ = false;
+  std::vector<Template> templates_;
+  bool clean_up_tokenization_spaces_ = false;
+  std::optional<bool> legacy_;
   SpecialTokens special_;
   std::optional<std::string> chat_template_;
   std::filesystem::path source_folder_;
