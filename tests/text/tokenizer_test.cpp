@@ -600,6 +600,20 @@ TEST(TokenizerComponents, OtherPreTokenizers) {
   EXPECT_EQ(pre({{"type", "Whitespace"}}, {namaste}, namaste + " " + namaste), (Strings{namaste, namaste}));
 }
 
+// Pre-tokenizers after a ByteLevel step see the byte-level alphabet (Falcon: Punctuation, ByteLevel, Digits): "½"
+// is two alphabet characters, "Â" (byte C2) and "½" (byte BD), of which only the second is a digit.
+TEST(TokenizerComponents, SplitsAfterByteLevelSeeTheByteAlphabet) {
+  auto j = synthetic_tokenizer({});
+  j["model"]["vocab"]["\u00c2\u00bd"] = 300;  // the two bytes of U+00BD as one token
+  j["model"]["ignore_merges"] = true;
+  j["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers", {{{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}},
+                                           {{"type", "Digits"}, {"individual_digits", true}}}}};
+  EXPECT_EQ(Tokenizer::from_json(j).encode("\xC2\xBD" "1", false), (std::vector<TokenId>{0xC2, 0xBD, '1'}));
+  j["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}};
+  EXPECT_EQ(Tokenizer::from_json(j).encode("\xC2\xBD", false), (std::vector<TokenId>{300}));
+}
+
 // Decoders on the tokens of given ids.
 TEST(TokenizerComponents, Decoders) {
   const Strings pieces = {kSpace + "Hey", kSpace + "x", "a", kSpace, "<0xE2>", "<0x82>", "<0xAC>"};

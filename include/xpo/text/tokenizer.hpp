@@ -1197,9 +1197,10 @@ class Tokenizer {
         std::vector<detail::Piece> pieces{{std::string_view(normalized).substr(sub.begin, sub.end - sub.begin),
                                            seg.begin == 0 && sub.begin == 0}};
         std::deque<std::string> storage;  // pieces that a pre-tokenizer rewrote
+        bool after_byte_level = false;    // later steps see the pieces in the byte-level alphabet, as in HF
         for (const auto& step : pre_tokenizers_) {
           if (const auto* split = std::get_if<SplitStep>(&step)) {
-            detail::split_pieces(pieces, split->pattern, split->behavior, split->invert);
+            detail::split_pieces(pieces, split->pattern, split->behavior, split->invert, after_byte_level);
           } else if (const auto* meta = std::get_if<MetaspaceStep>(&step)) {
             detail::metaspace_pieces(pieces, meta->replacement, meta->scheme, meta->split, storage);
           } else {
@@ -1212,7 +1213,8 @@ class Tokenizer {
                 p.text = spaced;
               }
             }
-            if (bl.use_regex) detail::split_pieces(pieces, bl.regex, SplitBehavior::isolated, false);
+            if (bl.use_regex) detail::split_pieces(pieces, bl.regex, SplitBehavior::isolated, false, after_byte_level);
+            after_byte_level = true;
           }
         }
         for (const auto& piece : pieces) encode_word(piece.text, ids);

@@ -365,9 +365,27 @@ struct Piece {
 
 enum class SplitBehavior { removed, isolated, merged_with_previous, merged_with_next, contiguous };
 
+// The matches of `pattern` in the byte-level form of `raw` (each byte as its GPT-2 alphabet character, what HF's
+// pre-tokenizers after a ByteLevel step see), as byte ranges of `raw`.
+inline std::vector<Regex::Match> find_all_byte_level(const TextPattern& pattern, std::string_view raw) {
+  const auto& alphabet = ByteAlphabet::get();
+  std::string mapped;
+  mapped.reserve(raw.size() * 2);
+  std::vector<std::size_t> raw_at(1, 0);  // mapped offset -> raw offset, at character boundaries
+  for (std::size_t i = 0; i < raw.size(); ++i) {
+    const auto& c = alphabet.utf8_of_byte[static_cast<unsigned char>(raw[i])];
+    mapped += c;
+    raw_at.resize(mapped.size() + 1, i + 1);
+  }
+  std::vector<Regex::Match> out;
+  for (const auto& m : pattern.find_all(mapped)) out.push_back({raw_at[m.begin], raw_at[m.end]});
+  return out;
+}
+
 // Splits every piece around the matches of `pattern` (HF's SplitDelimiterBehavior; `invert` swaps what counts as
-// the delimiter).
-inline void split_pieces(std::vector<Piece>& pieces, const TextPattern& pattern, SplitBehavior behavior, bool invert) {
+// the delimiter). `byte_level`: the pattern runs on the pieces' byte-level form (after a ByteLevel step).
+inline void split_pieces(std::vector<Piece>& pieces, const TextPattern& pattern, SplitBehavior behavior, bool invert,
+                         bool byte_level = false) {
   std::vector<Piece> out;
   out.reserve(pieces.size() * 2);
   for (const auto& piece : pieces) {
@@ -377,7 +395,7 @@ inline void split_pieces(std::vector<Piece>& pieces, const TextPattern& pattern,
     };
     std::vector<Part> parts;
     std::size_t last = 0;
-    for (const auto& m : pattern.find_all(piece.text)) {
+    for (const auto& m : byte_level ? find_all_byte_level(pattern, piece.text) : pattern.find_all(piece.text)) {
       if (last < m.begin) parts.push_back({last, m.begin, invert});
       parts.push_back({m.begin, m.end, !invert});
       last = m.end;
