@@ -382,7 +382,7 @@ TEST(TokenizerErrors, MalformedFilesAreClearErrors) {
   };
   const nlohmann::json pre = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
   expect_error({{"pre_tokenizer", pre}}, "no \"model\"");
-  expect_error({{"model", {{"type", "WordPiece"}, {"vocab", {{"a", 0}}}}}, {"pre_tokenizer", pre}}, "WordPiece");
+  expect_error({{"model", {{"type", "Mystery"}, {"vocab", {{"a", 0}}}}}, {"pre_tokenizer", pre}}, "Mystery");
   expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}}}, {"merges", {"a  b"}}}}, {"pre_tokenizer", pre}},
                "model.merges[0]");
   expect_error({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}}}, {"merges", {"a b"}}}}, {"pre_tokenizer", pre}},
@@ -699,9 +699,27 @@ TEST(TokenizerComponents, UnigramViterbi) {
   EXPECT_THROW((void)no_unk.encode("b", false), xpo::Error);
 }
 
+// WordPiece (BERT): greedy longest match with "##" continuations, the unknown token for a word with an unmatchable
+// part or too many characters; WordLevel: whole words.
+TEST(TokenizerComponents, WordPieceAndWordLevel) {
+  const nlohmann::json vocab = {{"[UNK]", 0}, {"un", 1}, {"##aff", 2}, {"##able", 3}, {"aff", 4}, {"want", 5}, {"##ed", 6}};
+  nlohmann::json j = {{"model", {{"type", "WordPiece"}, {"vocab", vocab}, {"unk_token", "[UNK]"}, {"max_input_chars_per_word", 9}}},
+                      {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+                      {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}}};
+  const auto t = Tokenizer::from_json(j);
+  EXPECT_EQ(t.encode("unaffable wanted", false), (std::vector<TokenId>{1, 2, 3, 5, 6}));
+  EXPECT_EQ(t.encode("unaffx want", false), (std::vector<TokenId>{0, 5}));      // "x" has no piece: the word is [UNK]
+  EXPECT_EQ(t.encode("unaffableed", false), (std::vector<TokenId>{0}));        // 11 characters > 9
+  EXPECT_EQ(t.decode(std::vector<TokenId>{1, 2, 3, 5, 6}), "unaffable wanted");
+  j["model"] = {{"type", "WordLevel"}, {"vocab", vocab}, {"unk_token", "[UNK]"}};
+  EXPECT_EQ(Tokenizer::from_json(j).encode("want un wanted", false), (std::vector<TokenId>{5, 1, 0}));
+  j["model"].erase("unk_token");
+  EXPECT_THROW((void)Tokenizer::from_json(j).encode("wanted", false), xpo::Error);
+}
+
 // Everything unsupported in a file is named in one error.
 TEST(TokenizerErrors, EveryUnsupportedComponentIsNamedAtOnce) {
-  nlohmann::json j = {{"model", {{"type", "WordPiece"}, {"vocab", {{"a", 0}}}}},
+  nlohmann::json j = {{"model", {{"type", "Mystery"}, {"vocab", {{"a", 0}}}}},
                       {"normalizer", {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "Strange"}}}}}},
                       {"pre_tokenizer", {{"type", "UnicodeScripts"}}},
                       {"decoder", {{"type", "CTC"}}},
@@ -711,7 +729,7 @@ TEST(TokenizerErrors, EveryUnsupportedComponentIsNamedAtOnce) {
     ADD_FAILURE();
   } catch (const xpo::FileError& e) {
     const std::string what = e.what();
-    for (const char* part : {"many/tokenizer.json", "model.type \"WordPiece\"", "normalizer.normalizers[1].type \"Strange\"",
+    for (const char* part : {"many/tokenizer.json", "model.type \"Mystery\"", "normalizer.normalizers[1].type \"Strange\"",
                              "pre_tokenizer.type \"UnicodeScripts\"", "decoder.type \"CTC\"", "post_processor.type \"Unknown\""}) {
       EXPECT_NE(what.find(part), std::string::npos) << part << " not in: " << what;
     }

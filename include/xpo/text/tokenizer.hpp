@@ -9,7 +9,8 @@
 //   3. the pre-tokenizer (ByteLevel, Split, Metaspace, Digits, Whitespace, WhitespaceSplit, Punctuation,
 //      BertPreTokenizer, CharDelimiterSplit, or a Sequence) cuts the rest into words;
 //   4. the model encodes each word: BPE (byte-level: one symbol per byte; otherwise one per character, with
-//      byte_fallback to <0xNN> pieces or the unk_token) merged by rank, or Unigram (Viterbi over scored pieces);
+//      byte_fallback to <0xNN> pieces or the unk_token) merged by rank, Unigram (Viterbi over scored pieces),
+//      WordPiece (greedy longest match, "##" continuations) or WordLevel (whole words);
 //   5. the post-processor (TemplateProcessing, RobertaProcessing, BertProcessing, ByteLevel, Sequence) adds special
 //      tokens when asked.
 // Decoding runs the decoder chain (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, WordPiece, BPEDecoder,
@@ -398,7 +399,7 @@ class Tokenizer {
     bool split = true;
   };
   using PreTokenizerStep = std::variant<SplitStep, ByteLevelStep, MetaspaceStep>;
-  enum class ModelKind { bpe, unigram };
+  enum class ModelKind { bpe, unigram, word_piece, word_level };
 
   struct TemplatePiece {
     bool is_sequence = false;
@@ -492,7 +493,9 @@ class Tokenizer {
     if (model == nullptr || !model->is_object()) fail("no \"model\" object");
     std::string type = string_field(*model, "type", "", "model", source);
     if (type.empty()) type = model->contains("merges") ? "BPE" : model->contains("vocab") && (*model)["vocab"].is_array() ? "Unigram" : "BPE";
-    if (type != "BPE" && type != "Unigram") unsupported.add("model.type \"" + type + "\" (supported: BPE, Unigram)");
+    if (type != "BPE" && type != "Unigram" && type != "WordPiece" && type != "WordLevel") {
+      unsupported.add("model.type \"" + type + "\" (supported: BPE, Unigram, WordPiece, WordLevel)");
+    }
 
     // Pre-tokenizer first: whether it is byte-level decides how BPE reads its words.
     if (const auto* pre = detail::find_member(j, "pre_tokenizer")) load_pre_tokenizer(*pre, "pre_tokenizer", source, unsupported);
@@ -576,7 +579,20 @@ class Tokenizer {
       uni->byte_fallback = detail::json_flag(*model, "byte_fallback", false);
       uni->byte_ids = byte_piece;
       unigram_ = std::move(uni);
-    } else {
+    } else if (type == "WordPiece" || type == "WordLevel") {
+      model_kind_ = type == "WordPiece" ? ModelKind::word_piece : ModelKind::word_level;
+      if (const auto* unk = detail::find_member(*model, "unk_token")) {
+        if (!unk->is_string()) fail("model.unk_token must be a string");
+        unk_token_ = unk->get<std::string>();
+      }
+      if (model_kind_ == ModelKind::word_piece) {
+        prefix_ = string_field(*model, "continuing_subword_prefix", "##", "model", source);
+        if (const auto* m = detail::find_member(*model, "max_input_chars_per_word")) {
+          if (!m->is_number_integer() || m->get<std::int64_t>() < 0) fail("model.max_input_chars_per_word must be a non-negative integer");
+          max_input_chars_per_word_ = static_cast<std::size_t>(m->get<std::int64_t>());
+        }
+      }
+    } else if (type == "BPE") {
       load_bpe(*model, source, unsupported, byte_piece);
     }
 
@@ -1253,14 +1269,21 @@ class Tokenizer {
       }
     }
     const std::size_t first = ids.size();
-    if (model_kind_ == ModelKind::unigram) {
-      unigram_->encode(word, ids, [&](std::string_view piece) -> std::optional<TokenId> {
-        const auto it = vocab_.find(std::string(piece));
-        if (it == vocab_.end()) return std::nullopt;
-        return it->second;
-      });
-    } else {
-      bpe(word, ids);
+    switch (model_kind_) {
+      case ModelKind::unigram:
+        unigram_->encode(word, ids, [&](std::string_view piece) -> std::optional<TokenId> {
+          const auto it = vocab_.find(std::string(piece));
+          if (it == vocab_.end()) return std::nullopt;
+          return it->second;
+        });
+        break;
+      case ModelKind::bpe: bpe(word, ids); break;
+      case ModelKind::word_piece: word_piece(word, ids); break;
+      case ModelKind::word_level: {
+        const auto it = vocab_.find(std::string(word));
+        ids.push_back(it != vocab_.end() ? it->second : unknown_id());
+        break;
+      }
     }
     if (cacheable) {
       std::lock_guard lock(shard->mutex);
@@ -1375,6 +1398,49 @@ class Tokenizer {
     }
   }
 
+  // The id of the model's unk_token; throws when it has none (HF's MissingUnkToken).
+  TokenId unknown_id() const {
+    if (unk_token_) {
+      if (const auto it = vocab_.find(*unk_token_); it != vocab_.end()) return it->second;
+      throw Error("tokenizer: the unk_token \"" + *unk_token_ + "\" is not in the vocabulary");
+    }
+    throw Error("tokenizer: a word has no token and the model has no unk_token");
+  }
+
+  // WordPiece: greedy longest match from the left, later pieces with the continuing-subword prefix ("##"); a word
+  // with an unmatchable part, or longer than max_input_chars_per_word characters, is the unknown token.
+  void word_piece(std::string_view word, std::vector<TokenId>& ids) const {
+    std::size_t chars = 0;
+    for (std::size_t at = 0; at < word.size(); at += std::max<std::size_t>(utf8_sequence_length(word, at), 1)) ++chars;
+    if (chars > max_input_chars_per_word_) {
+      ids.push_back(unknown_id());
+      return;
+    }
+    std::vector<TokenId> pieces;
+    std::string key;
+    for (std::size_t start = 0; start < word.size();) {
+      std::size_t end = word.size();
+      std::optional<TokenId> found;
+      while (start < end) {
+        key.assign(start > 0 ? prefix_ : std::string());
+        key.append(word.substr(start, end - start));
+        if (const auto it = vocab_.find(key); it != vocab_.end()) {
+          found = it->second;
+          break;
+        }
+        --end;  // back to the previous character boundary
+        while (end > start && (static_cast<unsigned char>(word[end]) & 0xC0) == 0x80) --end;
+      }
+      if (!found) {
+        ids.push_back(unknown_id());
+        return;
+      }
+      pieces.push_back(*found);
+      start = end;
+    }
+    ids.insert(ids.end(), pieces.begin(), pieces.end());
+  }
+
   struct MergeTarget {
     std::uint32_t rank;
     TokenId new_id;
@@ -1392,7 +1458,8 @@ class Tokenizer {
   std::unordered_map<std::uint64_t, MergeTarget> merges_;
   bool ignore_merges_ = false, byte_fallback_ = false, fuse_unk_ = false;
   std::optional<std::string> unk_token_;
-  std::string prefix_, suffix_;
+  std::string prefix_, suffix_;  // BPE's continuing_subword_prefix / end_of_word_suffix; WordPiece's prefix
+  std::size_t max_input_chars_per_word_ = 100;  // WordPiece
   // Unigram
   std::shared_ptr<const detail::UnigramModel> unigram_;
   std::vector<AddedToken> added_;
