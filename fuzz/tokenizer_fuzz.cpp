@@ -1,23 +1,31 @@
 // Fuzz target: tokenizer.json loading, and encoding/decoding arbitrary text. The first byte picks the mode:
 // even = the rest is a tokenizer.json (loaded, then encodes and decodes fixed strings); odd = the rest is text for a
-// real tokenizer ($XPO_FUZZ_TOKENIZER, a tokenizer.json path): encode with and without special tokens, every id must
-// be in the vocabulary, and decoding must not fail.
+// real tokenizer ($XPO_FUZZ_TOKENIZER: tokenizer.json paths separated by ':', each used in turn): encode with and
+// without special tokens, every id must be in the vocabulary, and decoding must not fail.
 #include <xpo/text/tokenizer.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace {
-const xpo::text::Tokenizer* real_tokenizer() {
-  static const std::optional<xpo::text::Tokenizer> t = []() -> std::optional<xpo::text::Tokenizer> {
-    const char* path = std::getenv("XPO_FUZZ_TOKENIZER");
-    if (path == nullptr || *path == '\0') return std::nullopt;
-    return xpo::text::Tokenizer::from_file(path);
+const std::vector<xpo::text::Tokenizer>& real_tokenizers() {
+  static const std::vector<xpo::text::Tokenizer> all = [] {
+    std::vector<xpo::text::Tokenizer> out;
+    const char* paths = std::getenv("XPO_FUZZ_TOKENIZER");
+    std::string list = paths == nullptr ? "" : paths;
+    for (std::size_t at = 0; at < list.size();) {
+      const auto end = std::min(list.find(':', at), list.size());
+      if (end > at) out.push_back(xpo::text::Tokenizer::from_file(list.substr(at, end - at)));
+      at = end + 1;
+    }
+    return out;
   }();
-  return t ? &*t : nullptr;
+  return all;
 }
 
 void exercise(const xpo::text::Tokenizer& t, const std::string& text) {
@@ -41,8 +49,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       const auto t = xpo::text::Tokenizer::from_json(j, "fuzz");
       exercise(t, "Hello world! \xc3\x87" "a va? <|im_end|>\n\n  12345 \xe4\xbd\xa0\xe5\xa5\xbd");
       (void)t.decode({0, 1, 2, 3, 1000000, -1}, true);
-    } else if (const auto* t = real_tokenizer()) {
-      exercise(*t, rest);
+    } else {
+      for (const auto& t : real_tokenizers()) exercise(t, rest);
     }
   } catch (const xpo::Error&) {
   }

@@ -29,12 +29,39 @@ for i, p in enumerate(sorted(root.glob("**/tokenizer_config.json"))):
     t = json.loads(p.read_text()).get("chat_template")
     if isinstance(t, str): (out / f"seed-{i}.jinja").write_text(t)
 PY
-seed tokenizer "0" "$fixtures/tokenizers/gpt2/tokenizer.json" "$fixtures/models/tiny-qwen2/tokenizer.json"
-python3 - "$fixtures/tokenizers/qwen/cases.jsonl" build-fuzz/corpus/tokenizer <<'PY'
+seed tokenizer "0" "$fixtures/models/tiny-qwen2/tokenizer.json"
+# every fixture tokenizer.json (byte-level BPE, SentencePiece-style BPE, Unigram), shrunk under -max_len: the same
+# normalizer / pre-tokenizer / decoder / post-processor and added tokens, the first pieces of the vocabulary and the
+# merges among them (a Precompiled charsmap too large to fit is replaced by an empty one)
+python3 - "$fixtures" build-fuzz/corpus/tokenizer <<'PY'
 import json, sys, pathlib
-out = pathlib.Path(sys.argv[2])
-for i, line in enumerate(open(sys.argv[1], encoding="utf-8")):
-    if line.strip(): (out / f"seed-text-{i}").write_bytes(b"1" + json.loads(line)["text"].encode("utf-8", "surrogatepass"))
+root, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+def shrink_normalizer(n):
+    if isinstance(n, dict):
+        if n.get("type") == "Precompiled" and len(n.get("precompiled_charsmap") or "") > 20000: n = dict(n, precompiled_charsmap="")
+        if "normalizers" in n: n = dict(n, normalizers=[shrink_normalizer(x) for x in n["normalizers"]])
+    return n
+for i, p in enumerate(sorted(root.glob("**/tokenizer.json"))):
+    j = json.loads(p.read_text(encoding="utf-8"))
+    m = j.get("model", {})
+    if isinstance(m.get("vocab"), list):
+        m["vocab"] = m["vocab"][:400]
+        if isinstance(m.get("unk_id"), int) and m["unk_id"] >= len(m["vocab"]): m["unk_id"] = 0
+    elif isinstance(m.get("vocab"), dict):
+        keep = {t: k for t, k in m["vocab"].items() if k < 400 or t.startswith("<0x")}
+        m["vocab"] = keep
+        pairs = [x.split(" ", 1) if isinstance(x, str) else x for x in m.get("merges", [])]
+        m["merges"] = [[a, b] for a, b in pairs if a in keep and b in keep and a + b in keep][:400]
+    j["normalizer"] = shrink_normalizer(j.get("normalizer"))
+    (out / f"seed-json-{i}-{p.parent.name}.json").write_bytes(b"0" + json.dumps(j, ensure_ascii=False).encode("utf-8"))
+# texts: every case of the fixtures' tokenizer case files, and the PairRM reference strings
+texts = []
+for c in sorted(root.glob("**/cases.jsonl")):
+    texts += [json.loads(l)["text"] for l in open(c, encoding="utf-8") if l.strip() and "text" in json.loads(l)]
+for r in sorted(root.glob("**/tokenizer_reference.json")):
+    texts += [s["text"] for s in json.loads(r.read_text(encoding="utf-8")).get("strings", [])]
+for i, t in enumerate(texts):
+    (out / f"seed-text-{i}").write_bytes(b"1" + t.encode("utf-8", "surrogatepass"))
 PY
 mkdir -p build-fuzz/corpus/jsonl
 printf '{"prompt": "The sky is"}\n{"prompt": "x", "id": 3}\n' > build-fuzz/corpus/jsonl/seed-standard.jsonl
@@ -77,7 +104,12 @@ for dir in fuzz/regressions/*/; do
   mkdir -p "build-fuzz/corpus/$target"
   cp "$dir"* "build-fuzz/corpus/$target/"
 done
-export XPO_FUZZ_TOKENIZER="$fixtures/tokenizers/qwen/tokenizer.json"
+# text mode encodes with each real tokenizer listed: byte-level BPE, SentencePiece-style BPE, Unigram
+XPO_FUZZ_TOKENIZER="$fixtures/tokenizers/qwen/tokenizer.json"
+for f in "$fixtures"/realworld/*/tokenizer.json "$fixtures/judges/tiny-pairrm/tokenizer.json"; do
+  [ -f "$f" ] && XPO_FUZZ_TOKENIZER="$XPO_FUZZ_TOKENIZER:$f"
+done
+export XPO_FUZZ_TOKENIZER
 status=0
 for target in safetensors tokenizer chat_template jsonl config; do
   echo "fuzz: $target for ${seconds}s"
