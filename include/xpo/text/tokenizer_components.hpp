@@ -567,17 +567,17 @@ inline void apply_decoder(const DecoderStep& step, std::vector<std::string>& tok
       tokens.assign(1, std::move(all));
       return;
     }
-    case K::strip:
+    case K::strip: {
+      std::string c;
+      append_utf8(c, step.strip_char);
       for (auto& t : tokens) {
-        const auto cps = to_code_points(t);
-        std::size_t b = 0, e = cps.size();
-        while (b < step.start && b < e && cps[b] == step.strip_char) ++b;
-        for (std::size_t k = 0; k < step.stop && e > b && cps[e - 1] == step.strip_char; ++k) --e;
-        std::string s;
-        for (std::size_t k = b; k < e; ++k) append_utf8(s, cps[k]);
-        t = std::move(s);
+        std::size_t b = 0, e = t.size();
+        for (std::size_t k = 0; k < step.start && e - b >= c.size() && t.compare(b, c.size(), c) == 0; ++k) b += c.size();
+        for (std::size_t k = 0; k < step.stop && e - b >= c.size() && t.compare(e - c.size(), c.size(), c) == 0; ++k) e -= c.size();
+        if (b > 0 || e < t.size()) t = t.substr(b, e - b);
       }
       return;
+    }
     case K::metaspace:
       for (std::size_t i = 0; i < tokens.size(); ++i) {
         std::string s;
