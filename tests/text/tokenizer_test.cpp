@@ -759,6 +759,8 @@ TEST_F(TokenizerFolder, AddBosAndEosTokens) {
   // Llama's fast tokenizer rebuilds the post-processor from the flags (BOS by default), whatever the file says.
   t = with_config({{"tokenizer_class", "LlamaTokenizerFast"}});
   EXPECT_EQ(t.encode("x", true), (std::vector<TokenId>{300, 'x'}));
+  t = with_config({{"tokenizer_class", "GPTNeoXTokenizerFast"}, {"add_eos_token", true}});  // BOS off by default there
+  EXPECT_EQ(t.encode("x", true), (std::vector<TokenId>{'x', 301}));
   auto j = synthetic_tokenizer(added);
   j["post_processor"] = {
       {"type", "TemplateProcessing"},

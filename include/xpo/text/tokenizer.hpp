@@ -1091,18 +1091,22 @@ class Tokenizer {
     clean_up_tokenization_spaces_ = flag("clean_up_tokenization_spaces").value_or(false);
     legacy_ = flag("legacy");
     const auto add_bos = flag("add_bos_token"), add_eos = flag("add_eos_token");
-    // transformers' Llama/CodeLlama/Gemma fast tokenizers rebuild the post-processor from these two flags (BOS on
-    // by default); any other tokenizer gets them only where tokenizer.json's post-processor adds nothing itself.
+    // transformers' fast tokenizer classes that rebuild the post-processor from these two flags (update_post_processor
+    // in their __init__), with their default for add_bos_token; any other tokenizer gets them only where
+    // tokenizer.json's post-processor adds nothing itself.
     const auto* class_field = detail::find_member(config, "tokenizer_class");
-    const std::string cls = class_field != nullptr && class_field->is_string() ? class_field->get<std::string>() : std::string();
-    static constexpr std::string_view kRebuilding[] = {"LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer",
-                                                       "CodeLlamaTokenizerFast", "GemmaTokenizer", "GemmaTokenizerFast"};
-    const bool rebuilds = std::find(std::begin(kRebuilding), std::end(kRebuilding), cls) != std::end(kRebuilding);
+    std::string cls = class_field != nullptr && class_field->is_string() ? class_field->get<std::string>() : std::string();
+    if (cls.size() > 4 && cls.compare(cls.size() - 4, 4, "Fast") == 0) cls.resize(cls.size() - 4);  // AutoTokenizer's fast class
+    static constexpr std::pair<std::string_view, bool> kRebuilding[] = {
+        {"LlamaTokenizer", true}, {"CodeLlamaTokenizer", true}, {"GemmaTokenizer", true}, {"CohereTokenizer", true},
+        {"GPTNeoXTokenizer", false}};
+    const auto* rebuild = std::find_if(std::begin(kRebuilding), std::end(kRebuilding), [&](const auto& e) { return e.first == cls; });
+    const bool rebuilds = rebuild != std::end(kRebuilding);
     const bool adds_nothing = std::all_of(templates_.begin(), templates_.end(), [](const Template& t) {
       return std::all_of(t.begin(), t.end(), [](const TemplatePiece& p) { return p.is_sequence; });
     });
     if (rebuilds || (adds_nothing && (add_bos.value_or(false) || add_eos.value_or(false)))) {
-      const bool bos = add_bos.value_or(rebuilds), eos = add_eos.value_or(false);
+      const bool bos = add_bos.value_or(rebuilds && rebuild->second), eos = add_eos.value_or(false);
       if (bos && !special_.bos_id) throw FileError(source, "add_bos_token is true but there is no bos_token");
       if (eos && !special_.eos_id) throw FileError(source, "add_eos_token is true but there is no eos_token");
       Template t;
