@@ -420,6 +420,56 @@ TEST(PairRM, BatchSizeIsConfigurable) {
   EXPECT_THROW((void)alone.judge(prompts, {}), xpo::Error);
 }
 
+// ---- the folder's own tokenizer (tokenizer.json through xpo's Tokenizer) ------------------------------------
+
+// Per case and order: the ids the judge builds from the texts with the real tokenizer are the reference's.
+TEST(PairRM, FolderTokenizerGivesTheReferenceIds) {
+  const auto encode = xpo::scoring::pair_rm_encoder(pair_rm_folder());
+  auto judge = reference_judge();
+  for (const auto& c : reference().at("cases")) {
+    SCOPED_TRACE("case " + c.at("name").get<std::string>());
+    const auto in = judge.build_inputs({encode(PairRMJudge::source_text(c.at("prompt").get<std::string>()))},
+                                       {{encode(PairRMJudge::candidate_text(c.at("completions")[0].get<std::string>())),
+                                         encode(PairRMJudge::candidate_text(c.at("completions")[1].get<std::string>()))}});
+    EXPECT_EQ(in.source_ids[0], ids_of(c.at("source_ids")));
+    EXPECT_EQ(in.candidate_ids[0][0], ids_of(c.at("candidate_ids")[0]));
+    EXPECT_EQ(in.candidate_ids[0][1], ids_of(c.at("candidate_ids")[1]));
+    for (const auto& ord : c.at("orders")) {
+      const std::int64_t r = ord.at("order").get<std::string>() == "AB" ? 0 : 1;
+      EXPECT_EQ(row_of(in.input_ids, r), ids_of(ord.at("input_ids"))) << ord.at("order");
+      EXPECT_EQ(row_of(in.attention_mask, r), ids_of(ord.at("attention_mask"))) << ord.at("order");
+    }
+  }
+}
+
+// The judge as xpo-train loads it (load_pair_rm_judge: network, settings and tokenizer from the folder), on
+// every case alone and on all cases in one batched call.
+TEST(PairRM, LoadedJudgeMatchesTrlAloneAndBatched) {
+  auto judge = xpo::scoring::load_pair_rm_judge(pair_rm_folder());
+  const auto& cases = reference().at("cases");
+  const auto temperature = reference().at("meta").at("trl_temperature").get<double>();
+  std::vector<std::string> prompts;
+  std::vector<xpo::CompletionPair> pairs;
+  for (const auto& c : cases) {
+    prompts.push_back(c.at("prompt").get<std::string>());
+    pairs.push_back({c.at("completions")[0].get<std::string>(), c.at("completions")[1].get<std::string>()});
+    const auto& trl = c.at("trl_judge");
+    EXPECT_EQ(judge.judge({prompts.back()}, {pairs.back()}), std::vector<int>{trl.at("return_scores_false").get<int>()}) << c.at("name");
+    EXPECT_TRUE(all_close(torch::tensor(judge.judge_probabilities({prompts.back()}, {pairs.back()}, temperature)),
+                          json::array({trl.at("return_scores_true")}), kLogitTol)) << c.at("name");
+  }
+  const auto& b = reference().at("batched");
+  ASSERT_EQ(judge.options().batch_size, b.at("batch_size").get<std::int64_t>());
+  const auto choices = judge.judge(prompts, pairs);
+  const auto probs = judge.judge_probabilities(prompts, pairs, temperature);
+  for (const auto& bc : b.at("cases")) {
+    const auto i = bc.at("case").get<std::size_t>();
+    EXPECT_EQ(choices.at(i), bc.at("trl_judge").at("return_scores_false").get<int>()) << "batched case " << i;
+    EXPECT_TRUE(all_close(torch::tensor({probs.at(i)}), json::array({bc.at("trl_judge").at("return_scores_true")}), kLogitTol))
+        << "batched case " << i;
+  }
+}
+
 // ---- both hub layouts, and bad folders ---------------------------------------------------------------------
 
 class PairRMLayout : public ScratchDir {
