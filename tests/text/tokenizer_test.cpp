@@ -440,6 +440,28 @@ TEST(TokenizerRealWorld, EveryCaseOfEveryFolder) {
   }
 }
 
+// The word cache, a copy and the two-thread batch encoder agree with a first pass, for these tokenizers too.
+TEST(TokenizerRealWorld, CacheCopiesAndBatchAgree) {
+  for (const auto& folder : realworld_tokenizer_folders()) {
+    const auto tok = Tokenizer::from_file(folder / "tokenizer.json");
+    std::vector<std::string> texts;
+    std::vector<std::vector<TokenId>> first;
+    for (const auto& c : xpo::test::read_jsonl(folder / "cases.jsonl")) {
+      texts.push_back(c.at("text").get<std::string>());
+      first.push_back(tok.encode(texts.back(), false));
+    }
+    const Tokenizer copy = tok;
+    xpo::text::BatchEncodeOptions options;
+    options.pad = false;
+    options.threads = 2;
+    const auto batch = copy.encode_batch(texts, options);
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      EXPECT_EQ(tok.encode(texts[i], false), first[i]) << folder << " " << i;
+      EXPECT_EQ(batch.ids[i], first[i]) << folder << " " << i;
+    }
+  }
+}
+
 // PairRM's DeBERTa-v3 tokenizer (Unigram + Precompiled normalizer + Metaspace, the markers as normalized added
 // tokens), loaded from its folder as any checkpoint folder: every reference string's ids and pieces.
 TEST(TokenizerRealWorld, PairRmUnigramReferenceIds) {
@@ -456,6 +478,14 @@ TEST(TokenizerRealWorld, PairRmUnigramReferenceIds) {
     ASSERT_EQ(tokens.size(), want.size()) << text;
     for (std::size_t i = 0; i < want.size(); ++i) EXPECT_EQ(tok.id_to_token(want[i]).value_or("<none>"), tokens[i]) << text;
   }
+  std::vector<std::string> texts;
+  for (const auto& s : reference.at("strings")) texts.push_back(s.at("text").get<std::string>());
+  xpo::text::BatchEncodeOptions options;
+  options.add_special_tokens = true;
+  options.pad = false;
+  options.threads = 2;
+  const auto batch = tok.encode_batch(texts, options);
+  for (std::size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(batch.ids[i], tok.encode(texts[i], true)) << texts[i];
 }
 
 // ---- components, one small hand-made input each (examples after the tokenizers documentation) -------------------
