@@ -152,7 +152,13 @@ class Tokenizer {
  public:
   // ---- loading --------------------------------------------------------------------------------------------
   // A checkpoint folder: tokenizer.json plus (when present) tokenizer_config.json, special_tokens_map.json,
-  // chat_template.jinja and generation_config.json.
+  // chat_template.jinja and generation_config.json. From tokenizer_config.json, as transformers' fast tokenizers
+  // apply it: the special tokens, added_tokens_decoder entries tokenizer.json lacks, add_bos_token/add_eos_token
+  // (Llama, CodeLlama, Gemma, Cohere and GPT-NeoX classes rebuild the post-processor from them; other tokenizers
+  // get them only when tokenizer.json's post-processor adds no token), clean_up_tokenization_spaces (decode()) and
+  // legacy (read only). Works the same for SentencePiece-style and Unigram folders (e.g. PairRM's DeBERTa-v3:
+  // spm.model is not needed). Throws xpo::FileError naming the file and field on a missing or malformed file, or
+  // on components xpo does not implement (all of them in one message).
   static Tokenizer from_pretrained(const std::filesystem::path& folder, const TokenizerLimits& limits = {}) {
     const auto file = folder / "tokenizer.json";
     if (!std::filesystem::exists(file)) {
