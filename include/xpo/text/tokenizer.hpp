@@ -712,6 +712,11 @@ class Tokenizer {
     return empty;
   }
 
+  // Sequences nest; a bound keeps a hostile file from recursing without end.
+  static void check_nesting(const std::string& where, const std::string& source) {
+    if (std::count(where.begin(), where.end(), '[') > 16) throw FileError(source, where + ": Sequences nested deeper than 16");
+  }
+
   // Adds (or, for an id already added, replaces) an added token.
   void register_added(AddedToken t) {
     const auto id = static_cast<std::size_t>(t.id);
@@ -758,6 +763,7 @@ class Tokenizer {
   }
 
   void load_normalizer(const nlohmann::json& n, const std::string& where, const std::string& source, Unsupported& unsupported) {
+    check_nesting(where, source);
     using K = detail::NormalizerStep::Kind;
     const auto type = detail::json_type(n);
     detail::NormalizerStep step;
@@ -819,6 +825,7 @@ class Tokenizer {
   }
 
   void load_pre_tokenizer(const nlohmann::json& p, const std::string& where, const std::string& source, Unsupported& unsupported) {
+    check_nesting(where, source);
     const auto type = detail::json_type(p);
     const auto split_on = [&](std::string regex, SplitBehavior behavior, bool invert) {
       SplitStep step;
@@ -892,6 +899,7 @@ class Tokenizer {
   }
 
   void load_decoder(const nlohmann::json& d, const std::string& where, const std::string& source, Unsupported& unsupported) {
+    check_nesting(where, source);
     using K = detail::DecoderStep::Kind;
     const auto type = detail::json_type(d);
     detail::DecoderStep step;
@@ -950,6 +958,7 @@ class Tokenizer {
   }
 
   void load_post_processor(const nlohmann::json& p, const std::string& where, const std::string& source, Unsupported& unsupported) {
+    check_nesting(where, source);
     const auto type = detail::json_type(p);
     if (type == "ByteLevel") return;  // offsets only
     if (type == "Sequence") {
