@@ -54,6 +54,24 @@ for i, p in enumerate(sorted(root.glob("**/tokenizer.json"))):
         m["merges"] = [[a, b] for a, b in pairs if a in keep and b in keep and a + b in keep][:400]
     j["normalizer"] = shrink_normalizer(j.get("normalizer"))
     (out / f"seed-json-{i}-{p.parent.name}.json").write_bytes(b"0" + json.dumps(j, ensure_ascii=False).encode("utf-8"))
+# hand-made: the components no fixture uses (WordPiece, WordLevel, BertNormalizer, BertPreTokenizer, ...)
+(out / "seed-json-wordpiece.json").write_text("0" + json.dumps({
+    "model": {"type": "WordPiece", "unk_token": "[UNK]", "max_input_chars_per_word": 20,
+              "vocab": {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "hello": 3, "##s": 4, "wor": 5, "##ld": 6, "!": 7}},
+    "added_tokens": [{"id": 1, "content": "[CLS]", "special": True}, {"id": 2, "content": "[SEP]", "special": True}],
+    "normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True, "lowercase": True},
+    "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "BertPreTokenizer"}, {"type": "Digits", "individual_digits": True},
+                                                            {"type": "Punctuation", "behavior": "Contiguous"}]},
+    "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 2], "cls": ["[CLS]", 1]},
+    "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True}}))
+(out / "seed-json-wordlevel.json").write_text("0" + json.dumps({
+    "model": {"type": "WordLevel", "unk_token": "<unk>", "vocab": {"<unk>": 0, "a": 1, "b": 2}},
+    "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "StripAccents"}, {"type": "Lowercase"},
+                                                       {"type": "Strip", "strip_left": True, "strip_right": False}]},
+    "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"}, {"type": "CharDelimiterSplit", "delimiter": "-"},
+                                                            {"type": "Whitespace"}]},
+    "post_processor": {"type": "RobertaProcessing", "sep": ["b", 2], "cls": ["a", 1]},
+    "decoder": {"type": "BPEDecoder", "suffix": "</w>"}}))
 # texts: every case of the fixtures' tokenizer case files, and the PairRM reference strings
 texts = []
 for c in sorted(root.glob("**/cases.jsonl")):
