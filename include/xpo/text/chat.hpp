@@ -12,6 +12,7 @@
 #pragma once
 
 #include <algorithm>
+#include <ctime>
 #include <optional>
 #include <string>
 #include <utility>
@@ -34,20 +35,22 @@ struct ChatOptions {
   bool add_generation_prompt = false;
   bool continue_final_message = false;  // cut the text after the last message's content
   nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();  // e.g. {"enable_thinking": false}
+  // The template's `tools` and `documents` (transformers' apply_chat_template(tools=..., documents=...)): a JSON list
+  // of tool schemas / documents, or null (the template sees None). A key of template_kwargs of the same name wins.
+  nlohmann::ordered_json tools = nullptr;
+  nlohmann::ordered_json documents = nullptr;
+  // The local time strftime_now() returns; unset: the system clock. For reproducible renders.
+  std::optional<std::tm> now;
 };
 
-// Checks that `messages` is a non-empty list of {"role": str, "content": ...} objects; `where` names the source.
+// Checks that `messages` is a non-empty list of objects; `where` names the source. As in transformers, a message
+// may have any shape (no required "role" or "content"; content may be a string, parts, a mapping, a number or null):
+// the template decides what it accepts, and raises if it does not.
 template <typename Json>
 void validate_messages(const Json& messages, const std::string& where) {
   if (!messages.is_array() || messages.empty()) throw ConfigError(where + ": a conversation must be a non-empty list of messages");
   for (std::size_t i = 0; i < messages.size(); ++i) {
-    const auto& m = messages[i];
-    const std::string at = where + ": message " + std::to_string(i);
-    if (!m.is_object()) throw ConfigError(at + " is not an object");
-    if (!m.contains("role") || !m["role"].is_string()) throw ConfigError(at + " has no string \"role\"");
-    if (!m.contains("content") || !(m["content"].is_string() || m["content"].is_array() || m["content"].is_null())) {
-      throw ConfigError(at + " has no \"content\" (a string or a list of parts)");
-    }
+    if (!messages[i].is_object()) throw ConfigError(where + ": message " + std::to_string(i) + " is not an object");
   }
 }
 
@@ -67,8 +70,10 @@ class ChatTemplate {
     return ChatTemplate(*tokenizer.chat_template(), limits);
   }
 
-  // Renders `messages` (a JSON list of {"role", "content", ...}) with transformers' variables: messages,
-  // tools = documents = None, add_generation_prompt, the special tokens that are set, then template_kwargs.
+  // Renders `messages` (a JSON list of message objects) with transformers' variables: messages, tools, documents
+  // (None unless given), add_generation_prompt, the special tokens that are set, then template_kwargs.
+  // Errors: ConfigError for a malformed conversation or options; jinja::TemplateError (with the template's line and
+  // column) when the template raises or fails; ConfigError when continue_final_message cannot find the message.
   template <typename Json>
   [[nodiscard]] std::string render(const Json& messages, const SpecialTokens& special, const ChatOptions& options = {}) const {
     validate_messages(messages, "chat");
@@ -77,8 +82,13 @@ class ChatTemplate {
     }
     jinja::Dict vars;
     vars.set("messages", jinja::from_json(messages));
-    vars.set("tools", jinja::None{});
-    vars.set("documents", jinja::None{});
+    const auto list_or_none = [](const nlohmann::ordered_json& j, const char* name) -> jinja::Value {
+      if (j.is_null()) return jinja::None{};
+      if (!j.is_array()) throw ConfigError(std::string("chat: ") + name + " must be a JSON list (or null)");
+      return jinja::from_json(j);
+    };
+    vars.set("tools", list_or_none(options.tools, "tools"));
+    vars.set("documents", list_or_none(options.documents, "documents"));
     vars.set("add_generation_prompt", options.add_generation_prompt);
     const auto set_token = [&](const char* name, const std::optional<std::string>& token) {
       if (token) vars.set(name, *token);
@@ -98,7 +108,7 @@ class ChatTemplate {
         vars.set(it.key(), jinja::from_json(it.value()));
       }
     }
-    std::string rendered = template_.render(vars);
+    std::string rendered = template_.render(vars, options.now);
     if (options.continue_final_message) rendered = cut_after_final_message(rendered, messages.back());
     return rendered;
   }
@@ -107,24 +117,30 @@ class ChatTemplate {
 
  private:
   // transformers: keep the text up to the end of the final message's content (its trailing spaces only if the
-  // template kept them), so that generation continues that message.
+  // template kept them), so that generation continues that message. The content is a string, or parts of which the
+  // last with a "text" counts; anything else is an error, as in transformers.
   template <typename Json>
   static std::string cut_after_final_message(const std::string& rendered, const Json& final_message) {
     std::string content;
-    if (final_message["content"].is_string()) {
-      content = final_message["content"].template get<std::string>();
-    } else if (final_message["content"].is_array()) {
-      for (auto it = final_message["content"].rbegin(); it != final_message["content"].rend(); ++it) {
+    const auto found = final_message.find("content");
+    if (found != final_message.end() && found->is_string()) {
+      content = found->template get<std::string>();
+    } else if (found != final_message.end() && found->is_array()) {
+      bool has_text = false;
+      for (auto it = found->rbegin(); it != found->rend() && !has_text; ++it) {
         if (it->is_object() && it->contains("text") && (*it)["text"].is_string()) {
           content = (*it)["text"].template get<std::string>();
-          break;
+          has_text = true;
         }
       }
+      if (!has_text) throw ConfigError("continue_final_message: the final message has no text part to continue");
+    } else {
+      throw ConfigError("continue_final_message: the final message's content is not text (a string or parts)");
     }
     const std::string stripped = jinja::detail::py_strip(content, nullptr, true, true);
     const std::string lstripped = jinja::detail::py_strip(content, nullptr, true, false);
     const auto at = rendered.rfind(stripped);
-    if (stripped.empty() || at == std::string::npos) {
+    if (at == std::string::npos) {
       throw ConfigError("continue_final_message: the final message does not appear in the rendered chat (the "
                         "template drops or rewrites it)");
     }
@@ -154,7 +170,11 @@ PreparedPrompt prepare_prompt(const Tokenizer& tokenizer, const Json& prompt, co
     out.text = prompt.template get<std::string>();
   } else if (prompt.is_array()) {
     validate_messages(prompt, where);
-    const std::string role = prompt.back()["role"].template get<std::string>();
+    const auto last_role = prompt.back().find("role");
+    if (last_role == prompt.back().end() || !last_role->is_string()) {
+      throw ConfigError(where + ": the last message of a prompt needs a string \"role\" (user or assistant)");
+    }
+    const std::string role = last_role->template get<std::string>();
     ChatOptions options;
     options.template_kwargs = template_kwargs;
     if (role == "user") {

@@ -1,11 +1,14 @@
 // xpo/text/jinja/parser.hpp — lexer and parser of the Jinja subset Hugging Face chat templates use (the renderer
 // is template.hpp), with transformers' settings: trim_blocks and lstrip_blocks on.
 //
-// Supported: {{ }}, {% if/elif/else %}, {% for %} (tuple targets, `if` filter, else, loop.*, break/continue),
-// {% set %} (names, namespace attributes, {% set x %}...{% endset %}), {% generation %}, comments, whitespace
-// control ({%- -%} {{- -}} {%+), literals (str, int, float, bool, none, list, tuple, dict), arithmetic, `~` and `+`,
-// comparisons, `in`/`not in`, `and`/`or`/`not`, `x if c else y`, `.`/`[]` access and Python slicing, filters, tests,
-// str/dict methods, namespace(), range(), raise_exception(), strftime_now().
+// Supported: {{ }}, {% if/elif/else %}, {% for %} (tuple targets, `if` filter, else, loop.* including cycle(),
+// changed(), previtem/nextitem, break/continue), {% set %} (names, tuple unpacking, namespace attributes,
+// {% set x %}...{% endset %} with or without filters), {% macro %} (defaults, keyword arguments, varargs, kwargs,
+// caller()), {% call %}, {% filter %}, {% generation %}, comments, whitespace control ({%- -%} {{- -}} {%+),
+// literals (str, int, float, bool, none, list, tuple, dict), arithmetic, `~` and `+`, `%` formatting, comparisons,
+// `in`/`not in`, `and`/`or`/`not`, `x if c else y`, `.`/`[]` access and Python slicing, filters, tests, str/dict
+// methods (str.format among them), namespace(), range(), raise_exception(), strftime_now(). As Jinja2 with
+// keep_trailing_newline=False, line endings are read as '\n' and one trailing newline of the template is dropped.
 // Templates are untrusted: nothing reaches files or the environment; loops, comparisons, output, the text of any
 // value and the nesting of lists and dicts are bounded; and an unsupported construct is a TemplateError naming its
 // line and column — at parse time where it can be. One departure from Jinja: a namespace may not hold another
@@ -42,6 +45,7 @@ struct Limits {
   std::size_t max_comparison_steps = 10'000'000;  // items visited by ==, `in`, unique, ... over the whole render
   std::size_t max_value_bytes = std::size_t{256} << 20;  // strings made or copied and lists made, over the whole render
   int max_nesting = 128;                        // of expressions and blocks, at parse time
+  int max_call_depth = 48;                      // macros calling macros (each call also counts as a loop iteration)
 };
 
 namespace detail {
@@ -288,15 +292,21 @@ struct Expr {
 struct Node;
 using Body = std::vector<std::unique_ptr<Node>>;
 
+// The name a {% filter %} block's (or a filtered {% set %} block's) rendered body has inside its filter chain; no
+// template can spell it, so it cannot clash with a variable.
+inline constexpr const char* kBlockBodyName = "\x01block body";
+
 struct Node {
-  enum class Kind { text, output, if_, for_, set, set_block, break_, continue_, block };
+  enum class Kind { text, output, if_, for_, set, set_block, break_, continue_, block, macro, call_block, filter_block };
   Kind kind;
   int line = 0, column = 0;
-  std::string text;                 // text; set: variable name
+  std::string text;                 // text; set: variable name; macro: its name
   std::string attr;                 // set: namespace attribute
-  std::vector<std::string> targets;  // for: loop variables
+  std::vector<std::string> targets;  // for: loop variables; set: the names a tuple is unpacked into
+  std::vector<std::pair<std::string, ExprPtr>> params;  // macro / call block: parameters and defaults (null: none)
+  bool uses_caller = false, uses_varargs = false, uses_kwargs = false;  // macro: names its body reads
   ExprPtr expr;                     // output / set value / for iterable
-  ExprPtr filter;                   // for ... if filter
+  ExprPtr filter;                   // for ... if filter; filter block / filtered set block: the filter chain
   std::vector<std::pair<ExprPtr, Body>> branches;  // if / elif
   Body body, else_body;
 };
@@ -304,10 +314,11 @@ struct Node {
 // ---- parser ---------------------------------------------------------------------------------------------------
 inline const std::set<std::string, std::less<>>& known_filters() {
   static const std::set<std::string, std::less<>> f = {
-      "abs", "capitalize", "count", "d", "default", "dictsort", "e", "escape", "first", "float", "indent", "int",
+      "abs", "attr", "capitalize", "center", "count", "d", "default", "dictsort", "e", "escape", "first", "float", "format",
+      "forceescape", "indent", "int",
       "items", "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace",
       "reverse", "round", "safe", "select", "selectattr", "sort", "split", "string", "strip", "sum", "title",
-      "tojson", "trim", "unique", "upper", "wordcount"};
+      "tojson", "trim", "truncate", "unique", "upper", "wordcount"};
   return f;
 }
 inline const std::set<std::string, std::less<>>& known_tests() {
@@ -439,12 +450,15 @@ class Parser {
     }
     if (name == "for") {
       auto n = make(Node::Kind::for_, begin);
+      const bool parenthesised = is_op("(");
+      if (parenthesised) next();
       do {
         if (peek().type != Tok::name) fail("expected a loop variable name" + found());
         n->targets.push_back(next().text);
         if (!is_op(",")) break;
         next();
-      } while (true);
+      } while (!(parenthesised && is_op(")")));
+      if (parenthesised) expect_op(")");
       if (!is_name("in")) fail("expected 'in' in the for tag" + found());
       next();
       n->expr = parse_or_tuple(/*allow_cond=*/false);
@@ -471,6 +485,20 @@ class Parser {
       if (peek().type != Tok::name) fail("expected a variable name after 'set'" + found());
       const std::string var = next().text;
       std::string attr;
+      if (is_op(",")) {  // {% set a, b = ... %}: unpacking
+        auto n = make(Node::Kind::set, begin);
+        n->targets.push_back(var);
+        while (is_op(",")) {
+          next();
+          if (is_op("=")) break;
+          if (peek().type != Tok::name) fail("expected a variable name" + found());
+          n->targets.push_back(next().text);
+        }
+        expect_op("=");
+        n->expr = parse_or_tuple(true);
+        expect(Tok::block_end, "'%}'");
+        return n;
+      }
       if (is_op(".")) {
         next();
         if (peek().type != Tok::name) fail("expected an attribute name" + found());
@@ -486,9 +514,12 @@ class Parser {
         return n;
       }
       if (!attr.empty()) fail("expected '=' after the namespace attribute" + found());
-      if (peek().type == Tok::op && peek().text == "|") fail("filtered block set is not supported");
-      expect(Tok::block_end, "'%}'");
       auto n = make(Node::Kind::set_block, begin);
+      if (is_op("|")) {  // {% set x | upper %}...{% endset %}
+        next();
+        n->filter = parse_filter_chain();
+      }
+      expect(Tok::block_end, "'%}'");
       n->text = var;
       n->body = parse_body({"endset"});
       next();
@@ -511,9 +542,90 @@ class Parser {
       expect(Tok::block_end, "'%}'");
       return n;
     }
-    static const std::set<std::string, std::less<>> kEnders = {"endif", "endfor", "elif", "else", "endset", "endgeneration"};
+    if (name == "macro") {
+      auto n = make(Node::Kind::macro, begin);
+      if (peek().type != Tok::name) fail("expected a macro name" + found());
+      n->text = next().text;
+      parse_params(*n);
+      expect(Tok::block_end, "'%}'");
+      const int saved_loops = loop_depth_;
+      loop_depth_ = 0;  // break/continue may not leave a macro
+      macros_.push_back(n.get());
+      n->body = parse_body({"endmacro"});
+      macros_.pop_back();
+      loop_depth_ = saved_loops;
+      next();
+      next();
+      expect(Tok::block_end, "'%}'");
+      return n;
+    }
+    if (name == "call") {
+      auto n = make(Node::Kind::call_block, begin);
+      if (is_op("(")) parse_params(*n);
+      n->expr = parse_expression();
+      if (n->expr->kind != Expr::Kind::call) fail("expected a call after 'call'", &name_tok);
+      expect(Tok::block_end, "'%}'");
+      const int saved_loops = loop_depth_;
+      loop_depth_ = 0;
+      macros_.push_back(n.get());  // the body is the caller() macro
+      n->body = parse_body({"endcall"});
+      macros_.pop_back();
+      loop_depth_ = saved_loops;
+      next();
+      next();
+      expect(Tok::block_end, "'%}'");
+      return n;
+    }
+    if (name == "filter") {
+      auto n = make(Node::Kind::filter_block, begin);
+      n->filter = parse_filter_chain();
+      expect(Tok::block_end, "'%}'");
+      n->body = parse_body({"endfilter"});
+      next();
+      next();
+      expect(Tok::block_end, "'%}'");
+      return n;
+    }
+    static const std::set<std::string, std::less<>> kEnders = {"endif",    "endfor",  "elif",      "else",         "endset",
+                                                               "endmacro", "endcall", "endfilter", "endgeneration"};
     if (kEnders.count(name) != 0) fail("'{% " + name + " %}' without a matching opening tag", &name_tok);
-    fail("unsupported tag '" + name + "' (supported: if, for, set, break, continue, generation)", &name_tok);
+    fail("unsupported tag '" + name + "' (supported: if, for, set, macro, call, filter, break, continue, generation)",
+         &name_tok);
+  }
+
+  // `(a, b=default, ...)` of a macro or a call block.
+  void parse_params(Node& n) {
+    expect_op("(");
+    while (!is_op(")")) {
+      if (peek().type != Tok::name) fail("expected a parameter name" + found());
+      const Token& param = next();
+      for (const auto& [existing, _] : n.params) {
+        if (existing == param.text) fail("duplicate parameter '" + param.text + "'", &param);
+      }
+      ExprPtr fallback;
+      if (is_op("=")) {
+        next();
+        fallback = parse_conditional();
+      } else if (!n.params.empty() && n.params.back().second) {
+        fail("non-default argument follows default argument", &param);
+      }
+      n.params.emplace_back(param.text, std::move(fallback));
+      if (!is_op(",")) break;
+      next();
+    }
+    expect_op(")");
+  }
+
+  // `name(args) | name2 ...` of a {% filter %} block, applied to the block's body (kBlockBodyName).
+  ExprPtr parse_filter_chain() {
+    auto body = make_expr(Expr::Kind::name, peek());
+    body->name = kBlockBodyName;
+    auto e = parse_one_filter(std::move(body));
+    while (is_op("|")) {
+      next();
+      e = parse_one_filter(std::move(e));
+    }
+    return e;
   }
 
   ExprPtr make_expr(Expr::Kind kind, const Token& at) {
@@ -734,19 +846,24 @@ class Parser {
     }
   }
 
+  // A filter's name and arguments (after its '|'), applied to `e`.
+  ExprPtr parse_one_filter(ExprPtr e) {
+    if (peek().type != Tok::name) fail("expected a filter name after '|'" + found());
+    const Token& name = next();
+    if (known_filters().count(name.text) == 0) fail("unknown filter '" + name.text + "'", &name);
+    auto f = make_expr(Expr::Kind::filter, name);
+    f->name = name.text;
+    f->children.push_back(std::move(e));
+    if (is_op("(")) parse_call_args(*f);
+    return f;
+  }
+
   ExprPtr parse_filters(ExprPtr e) {
     while (true) {
       const Token& at = peek();
       if (is_op("|")) {
         next();
-        if (peek().type != Tok::name) fail("expected a filter name after '|'" + found());
-        const Token& name = next();
-        if (known_filters().count(name.text) == 0) fail("unknown filter '" + name.text + "'", &name);
-        auto f = make_expr(Expr::Kind::filter, name);
-        f->name = name.text;
-        f->children.push_back(std::move(e));
-        if (is_op("(")) parse_call_args(*f);
-        e = std::move(f);
+        e = parse_one_filter(std::move(e));
       } else if (is_name("is")) {
         next();
         auto t = make_expr(Expr::Kind::test, at);
@@ -815,6 +932,12 @@ class Parser {
         else {
           e->kind = Expr::Kind::name;
           e->name = n;
+          if (!macros_.empty()) {  // what a macro's body reads decides which extra arguments it takes
+            Node& m = *macros_.back();
+            if (n == "caller") m.uses_caller = true;
+            if (n == "varargs") m.uses_varargs = true;
+            if (n == "kwargs") m.uses_kwargs = true;
+          }
         }
         return e;
       }
@@ -874,6 +997,7 @@ class Parser {
   Limits limits_;
   int depth_ = 0;
   int loop_depth_ = 0;  // for bodies being parsed: where break/continue are allowed
+  std::vector<Node*> macros_;  // the macro (or call block) bodies being parsed, innermost last
 };
 
 }  // namespace detail

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "xpo/text/jinja/format.hpp"
 #include "xpo/text/jinja/parser.hpp"
 #include "xpo/text/jinja/value.hpp"
 
@@ -221,6 +222,23 @@ inline std::string title(const std::string& s) {
   return out;
 }
 
+// Jinja2's `title` filter (not str.title): the text splits into runs of separators (whitespace and -({[<) and
+// runs of the rest; each run starts upper-case and goes on lower-case.
+inline std::string jinja_title(const std::string& s) {
+  const auto separator = [](char32_t c) { return py_space(c) || c == U'-' || c == U'(' || c == U'{' || c == U'[' || c == U'<'; };
+  std::string out;
+  bool previous_separator = false, first = true;
+  for (const char32_t c : to_u32(s)) {
+    const bool sep = separator(c);
+    const bool starts_run = first || sep != previous_separator;
+    const auto cp = static_cast<utf8proc_int32_t>(c);
+    append_utf8(out, static_cast<char32_t>(starts_run ? utf8proc_toupper(cp) : utf8proc_tolower(cp)));
+    previous_separator = sep;
+    first = false;
+  }
+  return out;
+}
+
 // Python's normalisation of slice bounds.
 inline std::vector<std::int64_t> slice_indices(std::int64_t n, const std::optional<std::int64_t>& start,
                                                const std::optional<std::int64_t>& stop, std::int64_t step) {
@@ -259,9 +277,10 @@ enum class Flow { normal, break_, continue_ };
 
 class Renderer {
  public:
-  Renderer(const Limits& limits, const Dict& variables) : limits_(limits), comparison_steps_left_(limits.max_comparison_steps) {
-    scopes_.emplace_back();
-    for (const auto& [k, v] : variables.items) scopes_.back()[k] = v;
+  Renderer(const Limits& limits, const Dict& variables, std::optional<std::tm> now = std::nullopt)
+      : limits_(limits), comparison_steps_left_(limits.max_comparison_steps), now_(now) {
+    scopes_.push_back({{}, kNoScope});
+    for (const auto& [k, v] : variables.items) vars()[k] = v;
   }
 
   std::string run(const Body& body) {
@@ -274,7 +293,7 @@ class Renderer {
   [[noreturn]] static void fail(const std::string& what, const Expr& e) { fail(what, e.line, e.column); }
 
   void emit(std::string_view s, int line, int column) {
-    if (out_.size() + s.size() > limits_.max_output_bytes) {
+    if (out_.size() + captured_bytes_ + s.size() > limits_.max_output_bytes) {
       fail("the output exceeds the limit of " + std::to_string(limits_.max_output_bytes) + " bytes", line, column);
     }
     out_.append(s);
@@ -326,8 +345,10 @@ class Renderer {
       case Node::Kind::for_: return render_for(n);
       case Node::Kind::set: {
         Value v = eval(*n.expr);
-        if (n.attr.empty()) {
-          scopes_.back()[n.text] = std::move(v);
+        if (!n.targets.empty()) {
+          unpack(n.targets, v, n.line, n.column);
+        } else if (n.attr.empty()) {
+          vars()[n.text] = std::move(v);
         } else {
           const Value target = lookup(n.text);
           if (!target.is_dict() || !target.dict().is_namespace) {
@@ -343,19 +364,132 @@ class Renderer {
         return Flow::normal;
       }
       case Node::Kind::set_block: {
-        std::string saved = std::move(out_);
-        out_.clear();
-        const Flow f = render(n.body);
-        std::string captured = std::move(out_);
-        out_ = std::move(saved);
-        scopes_.back()[n.text] = Value(std::move(captured));
+        std::string captured;
+        const Flow f = capture(n.body, captured);
+        vars()[n.text] = n.filter ? filter_block_text(*n.filter, std::move(captured)) : Value(std::move(captured));
         return f;
       }
       case Node::Kind::break_: return Flow::break_;
       case Node::Kind::continue_: return Flow::continue_;
       case Node::Kind::block: return render(n.body);
+      case Node::Kind::macro: vars()[n.text] = make_macro(n, kNoScope); return Flow::normal;
+      case Node::Kind::call_block: {
+        // the body becomes `caller`, a macro that sees the variables of this place in the template
+        const Value caller = make_macro(n, scopes_.size() - 1);
+        const Expr& call = *n.expr;
+        const Value f = eval(*call.children[0]);
+        Arguments args = eval_args(call, 1);
+        args.keyword.emplace_back("caller", caller);
+        emit(text_of(call_function(f, args, call)), n.line, n.column);
+        return Flow::normal;
+      }
+      case Node::Kind::filter_block: {
+        std::string captured;
+        const Flow f = capture(n.body, captured);
+        emit(text_of(filter_block_text(*n.filter, std::move(captured))), n.line, n.column);
+        return f;
+      }
     }
     return Flow::normal;
+  }
+
+  // Renders `body` into `into` instead of the output. The text held by enclosing captures still counts against
+  // the output limit, so nested captures cannot hold more than the output could.
+  Flow capture(const Body& body, std::string& into) {
+    std::string saved = std::move(out_);
+    out_.clear();
+    captured_bytes_ += saved.size();
+    Flow f = Flow::normal;
+    try {
+      f = render(body);
+    } catch (...) {
+      captured_bytes_ -= saved.size();
+      out_ = std::move(saved);
+      throw;
+    }
+    captured_bytes_ -= saved.size();
+    into = std::move(out_);
+    out_ = std::move(saved);
+    return f;
+  }
+
+  // The filter chain of a {% filter %} block or a filtered {% set %} block, applied to the rendered body.
+  Value filter_block_text(const Expr& chain, std::string body) {
+    scopes_.push_back({{}, scopes_.size() - 1});
+    vars()[kBlockBodyName] = Value(std::move(body));
+    try {
+      Value out = eval(chain);
+      scopes_.pop_back();
+      return out;
+    } catch (...) {
+      scopes_.pop_back();
+      throw;
+    }
+  }
+
+  // A {% macro %} (or the body of a {% call %} block, parent = the scope it sees) as a callable value. Arguments
+  // bind as Jinja2 binds them: positional, then keyword; a parameter not given takes its default (evaluated at the
+  // call, after the parameters before it) or is undefined; extra positional arguments are `varargs` and extra keyword
+  // arguments `kwargs` when the body reads those names, else an error.
+  Value make_macro(const Node& n, std::size_t parent) {
+    const Node* node = &n;
+    const bool is_caller = n.kind == Node::Kind::call_block;
+    const std::string name = is_caller ? "caller" : n.text;
+    return Value(std::make_shared<Function>(Function{name, [this, node, parent, name](const Arguments& a) -> Value {
+      const Node& m = *node;
+      if (call_depth_ >= limits_.max_call_depth) {
+        throw Error("macro '" + name + "': calls nest deeper than " + std::to_string(limits_.max_call_depth) +
+                    " (Limits::max_call_depth)");
+      }
+      count_iteration(m.line, m.column);
+      const std::size_t caller_scope_base = scopes_.size();
+      scopes_.push_back({{}, parent == kNoScope ? 0 : parent});
+      struct Frame {  // leaves the macro's scope and depth however the call ends
+        Renderer& r;
+        std::size_t size;
+        ~Frame() {
+          r.scopes_.resize(size);
+          --r.call_depth_;
+        }
+      } frame{*this, caller_scope_base};
+      ++call_depth_;
+      if (a.positional.size() > m.params.size() && !m.uses_varargs) {
+        throw Error("macro '" + name + "' takes not more than " + std::to_string(m.params.size()) + " argument(s)");
+      }
+      List extra_positional;
+      for (std::size_t k = m.params.size(); k < a.positional.size(); ++k) extra_positional.push_back(a.positional[k]);
+      auto extra_keyword = std::make_shared<Dict>();
+      Value caller;
+      for (const auto& [key, value] : a.keyword) {
+        const bool is_param = std::any_of(m.params.begin(), m.params.end(), [&](const auto& p) { return p.first == key; });
+        if (is_param) continue;
+        if (key == "caller") {
+          caller = value;
+        } else if (m.uses_kwargs) {
+          extra_keyword->set(key, value);
+        } else {
+          throw Error("macro '" + name + "' takes no keyword argument '" + key + "'");
+        }
+      }
+      for (std::size_t k = 0; k < m.params.size(); ++k) {
+        const auto& [param, fallback] = m.params[k];
+        const Value* given = k < a.positional.size() ? &a.positional[k] : nullptr;
+        for (const auto& [key, value] : a.keyword) {
+          if (key != param) continue;
+          if (given != nullptr) throw Error("macro '" + name + "' got multiple values for argument '" + param + "'");
+          given = &value;
+        }
+        if (given != nullptr) vars()[param] = *given;
+        else if (fallback) vars()[param] = eval(*fallback);
+        else vars()[param] = Undefined{param};
+      }
+      if (m.uses_varargs) vars()["varargs"] = Value::make_tuple(std::move(extra_positional));
+      if (m.uses_kwargs) vars()["kwargs"] = Value(std::move(extra_keyword));
+      if (!caller.is_undefined()) vars()["caller"] = caller;
+      std::string text;
+      (void)capture(m.body, text);
+      return Value(std::move(text));
+    }}));
   }
 
   std::vector<Value> iterate(const Value& v, int line, int column) {
@@ -374,21 +508,28 @@ class Renderer {
     fail(std::string("'") + type_name(v) + "' object is not iterable", line, column);
   }
 
-  void bind_targets(const Node& n, const Value& item) {
-    if (n.targets.size() == 1) {
-      scopes_.back()[n.targets[0]] = item;
+  // Assigns `item` to the names, unpacking it as Python does when there are several (a str or dict unpacks too).
+  void unpack(const std::vector<std::string>& targets, const Value& item, int line, int column) {
+    if (targets.size() == 1) {
+      vars()[targets[0]] = item;
       return;
     }
-    if (!item.is_list() || item.list().size() != n.targets.size()) {
-      fail("cannot unpack " + std::string(type_name(item)) + " into " + std::to_string(n.targets.size()) + " loop variables",
-           n.line, n.column);
+    if (!item.is_list() && !item.is_dict() && !item.is_string()) {
+      fail("cannot unpack non-iterable " + std::string(type_name(item)) + " object", line, column);
     }
-    for (std::size_t k = 0; k < n.targets.size(); ++k) scopes_.back()[n.targets[k]] = item.list()[k];
+    const std::vector<Value> items = iterate(item, line, column);
+    if (items.size() != targets.size()) {
+      fail(std::string(items.size() < targets.size() ? "not enough" : "too many") + " values to unpack (expected " +
+               std::to_string(targets.size()) + ", got " + std::to_string(items.size()) + ")", line, column);
+    }
+    for (std::size_t k = 0; k < targets.size(); ++k) vars()[targets[k]] = items[k];
   }
+
+  void bind_targets(const Node& n, const Value& item) { unpack(n.targets, item, n.line, n.column); }
 
   Flow render_for(const Node& n) {
     std::vector<Value> items = iterate(eval(*n.expr), n.line, n.column);
-    scopes_.emplace_back();
+    scopes_.push_back({{}, scopes_.size() - 1});
     if (n.filter) {
       std::vector<Value> kept;
       for (auto& item : items) {
@@ -403,9 +544,10 @@ class Renderer {
       return render(n.else_body);
     }
     const auto length = static_cast<std::int64_t>(items.size());
+    auto last_changed = std::make_shared<std::optional<List>>();  // loop.changed(): the values it saw last
     for (std::int64_t i = 0; i < length; ++i) {
       count_iteration(n.line, n.column);
-      scopes_.back().clear();
+      vars().clear();
       bind_targets(n, items[static_cast<std::size_t>(i)]);
       auto loop = std::make_shared<Dict>();
       loop->items = {{"index", i + 1},
@@ -416,10 +558,22 @@ class Renderer {
                      {"last", i == length - 1},
                      {"length", length},
                      {"previtem", i > 0 ? items[static_cast<std::size_t>(i - 1)] : Value(Undefined{"loop.previtem"})},
-                     {"nextitem", i + 1 < length ? items[static_cast<std::size_t>(i + 1)] : Value(Undefined{"loop.nextitem"})}};
+                     {"nextitem", i + 1 < length ? items[static_cast<std::size_t>(i + 1)] : Value(Undefined{"loop.nextitem"})},
+                     {"depth", 1},
+                     {"depth0", 0}};
+      loop->items.emplace_back("cycle", Value(std::make_shared<Function>(Function{"loop.cycle", [i](const Arguments& a) -> Value {
+        if (a.positional.empty()) throw Error("loop.cycle() needs at least one value");
+        return a.positional[static_cast<std::size_t>(i) % a.positional.size()];
+      }})));
+      loop->items.emplace_back("changed", Value(std::make_shared<Function>(Function{"loop.changed", [this, last_changed](const Arguments& a) -> Value {
+        const Value now = Value::make_list(a.positional);
+        if (last_changed->has_value() && same(Value::make_list(**last_changed), now)) return false;
+        *last_changed = a.positional;
+        return true;
+      }})));
       {
         const MeterScope unmetered(std::nullopt);  // the items were charged when copied into `loop`
-        scopes_.back()["loop"] = Value(std::move(loop));
+        vars()["loop"] = Value(std::move(loop));
       }
       const Flow f = render(n.body);
       if (f == Flow::break_) break;
@@ -428,9 +582,12 @@ class Renderer {
     return Flow::normal;
   }
 
+  // The innermost scope; set, loop variables and macro parameters go there.
+  std::unordered_map<std::string, Value>& vars() { return scopes_.back().vars; }
+
   Value lookup(const std::string& name) {
-    for (auto it = scopes_.rbegin(); it != scopes_.rend(); ++it) {
-      if (const auto found = it->find(name); found != it->end()) return found->second;
+    for (std::size_t i = scopes_.size() - 1; i != kNoScope; i = scopes_[i].parent) {
+      if (const auto found = scopes_[i].vars.find(name); found != scopes_[i].vars.end()) return found->second;
     }
     if (const auto g = globals().find(name); g != globals().end()) return g->second;
     return Undefined{name};
@@ -472,7 +629,7 @@ class Renderer {
       case Expr::Kind::tuple: {
         List items;
         for (const auto& c : e.children) items.push_back(eval(*c));
-        return Value::make_list(std::move(items));
+        return e.kind == Expr::Kind::tuple ? Value::make_tuple(std::move(items)) : Value::make_list(std::move(items));
       }
       case Expr::Kind::dict: {
         auto d = std::make_shared<Dict>();
@@ -540,7 +697,9 @@ class Renderer {
       const auto& l = obj.list();
       List out;
       for (const auto i : slice_indices(static_cast<std::int64_t>(l.size()), part[0], part[1], step)) out.push_back(l[static_cast<std::size_t>(i)]);
-      return Value::make_list(std::move(out));
+      Value sliced = Value::make_list(std::move(out));
+      sliced.tuple = obj.tuple;  // a tuple's slice is a tuple
+      return sliced;
     }
     if (obj.is_string()) {
       const std::u32string u = to_u32(obj.str());
@@ -638,6 +797,11 @@ class Renderer {
       if (name == "lower") return map_case(s, 0);
       if (name == "capitalize") return capitalize(s);
       if (name == "title") return title(s);
+      if (name == "format") return str_format(s, a, limits_.max_output_bytes);
+      if (name == "islower" || name == "isupper") {
+        Arguments none;
+        return apply_test(name.substr(2), obj, none, e);
+      }
       if (name == "replace") {
         return py_replace(s, str_arg(a, 0, "old"), str_arg(a, 1, "new"), int_arg(a, 2, "count", -1),
                           limits_.max_output_bytes);
@@ -684,7 +848,7 @@ class Renderer {
       if (name == "items" || name == "keys" || name == "values") {
         List out;
         for (const auto& [k, v] : d.items) {
-          if (name == "items") out.push_back(Value::make_list({Value(k), v}));
+          if (name == "items") out.push_back(Value::make_tuple({Value(k), v}));
           else if (name == "keys") out.emplace_back(k);
           else out.push_back(v);
         }
@@ -748,7 +912,7 @@ class Renderer {
       } else if (r.is_dict()) {
         found = l.is_string() && r.dict().find(l.str()) != nullptr;
       } else if (r.is_undefined()) {
-        fail("'" + std::get<Undefined>(r.v).name + "' is undefined (right of 'in')", e);
+        found = false;  // Jinja2's Undefined iterates as empty
       } else {
         fail(std::string("argument of type '") + type_name(r) + "' is not iterable", e);
       }
@@ -779,6 +943,15 @@ class Renderer {
         List out = l.list();
         out.insert(out.end(), r.list().begin(), r.list().end());
         return Value::make_list(std::move(out));
+      }
+    }
+    if (op == "%" && l.is_string()) {
+      try {
+        return percent_format(l.str(), r, false, limits_.max_output_bytes);
+      } catch (const TemplateError&) {
+        throw;
+      } catch (const Error& err) {
+        fail(err.what(), e);
       }
     }
     if (op == "*" && ((l.is_string() && r.is_int()) || (l.is_int() && r.is_string()))) {
@@ -851,13 +1024,28 @@ class Renderer {
     if (t == "boolean") return v.is_bool();
     if (t == "string") return v.is_string();
     if (t == "mapping") return v.is_dict();
-    if (t == "iterable") return v.is_list() || v.is_dict() || v.is_string();
-    if (t == "sequence") return v.is_list() || v.is_dict() || v.is_string();
+    // Jinja2's Undefined iterates (as empty), has a length and items, and may be called (to fail)
+    if (t == "iterable") return v.is_list() || v.is_dict() || v.is_string() || v.is_undefined();
+    if (t == "sequence") return v.is_list() || v.is_dict() || v.is_string() || v.is_undefined();
     if (t == "number") return v.is_number() && !v.is_bool();
     if (t == "integer") return v.is_int() && !v.is_bool();
     if (t == "float") return std::holds_alternative<double>(v.v);
-    if (t == "callable") return v.is_function();
-    if (t == "lower" || t == "upper") return v.is_string() && map_case(v.str(), t == "lower" ? 0 : 1) == v.str();
+    if (t == "callable") return v.is_function() || v.is_undefined();
+    if (t == "lower" || t == "upper") {  // str(x).islower() / .isupper(): some cased character, none of the other case
+      bool cased = false;
+      for (const char32_t c : to_u32(text_of(v))) {
+        const auto cp = static_cast<utf8proc_int32_t>(c);
+        const auto cat = utf8proc_category(cp);
+        if (cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LT) {
+          if (t == "lower") return false;
+          cased = true;
+        } else if (cat == UTF8PROC_CATEGORY_LL) {
+          if (t == "upper") return false;
+          cased = true;
+        }
+      }
+      return cased;
+    }
     if (t == "eq" || t == "equalto" || t == "==") return same(v, arg());
     if (t == "ne") return !same(v, arg());
     if (t == "sameas") return same(v, arg()) && v.v.index() == arg().v.index();
@@ -1145,22 +1333,58 @@ class Renderer {
       }
       return out;
     }
-    // String filters.
-    if (!v.is_string() && !v.is_undefined()) {
-      if (f == "upper" || f == "lower" || f == "capitalize" || f == "title" || f == "trim" || f == "strip" ||
-          f == "replace" || f == "split") {
-        throw Error(std::string("needs a string, got '") + type_name(v) + "'");
-      }
+    if (f == "attr") {  // Jinja2: getattr only; a dict's keys are items, not attributes
+      if (v.is_undefined()) throw Error("'" + std::get<Undefined>(v.v).name + "' is undefined");
+      return Undefined{a.positional.empty() ? std::string() : text_of(a.positional[0])};
     }
+    if (f == "format") {  // Jinja2: str(value) % (kwargs or args)
+      if (!a.keyword.empty()) {
+        auto mapping = std::make_shared<Dict>();
+        for (const auto& [k, x] : a.keyword) mapping->set(k, x);
+        return percent_format(text_of(v), Value(std::move(mapping)), false, limits_.max_output_bytes);
+      }
+      return percent_format(text_of(v), Value::make_list(a.positional), true, limits_.max_output_bytes);
+    }
+    // String filters: as Jinja2, they take str(value) (an undefined value is '').
     const std::string s = text_of(v);
     if (f == "upper") return map_case(s, 1);
     if (f == "lower") return map_case(s, 0);
     if (f == "capitalize") return capitalize(s);
-    if (f == "title") return title(s);
+    if (f == "title") return jinja_title(s);
     if (f == "trim" || f == "strip") return py_strip(s, a.get(0, "chars"), true, true);
     if (f == "replace") {
-      return py_replace(s, str_arg(a, 0, "old"), str_arg(a, 1, "new"), int_arg(a, 2, "count", -1),
-                        limits_.max_output_bytes);
+      const Value* old_arg = a.get(0, "old");
+      const Value* new_arg = a.get(1, "new");
+      if (old_arg == nullptr || new_arg == nullptr) throw Error("replace needs the old and the new text");
+      return py_replace(s, text_of(*old_arg), text_of(*new_arg), int_arg(a, 2, "count", -1), limits_.max_output_bytes);
+    }
+    if (f == "forceescape") return apply_filter("escape", Value(s), a, e);
+    if (f == "center") {
+      const std::int64_t width = int_arg(a, 0, "width", 80);
+      const std::size_t have = to_u32(s).size();
+      if (width <= 0 || static_cast<std::uint64_t>(width) <= have) return s;
+      if (static_cast<std::uint64_t>(width) > limits_.max_output_bytes) string_too_long(limits_.max_output_bytes);
+      // Python's str.center: the odd space goes left when the padding and the width are both odd
+      const std::size_t pad = static_cast<std::size_t>(width) - have;
+      const std::size_t left = pad / 2 + (pad & static_cast<std::size_t>(width) & 1);
+      return std::string(left, ' ') + s + std::string(pad - left, ' ');
+    }
+    if (f == "truncate") {  // Jinja2's do_truncate(s, length=255, killwords=False, end='...', leeway=None -> 5)
+      const std::int64_t length = int_arg(a, 0, "length", 255);
+      const Value* killwords = a.get(1, "killwords");
+      const Value* end_arg = a.get(2, "end");
+      const std::string end = end_arg != nullptr ? text_of(*end_arg) : "...";
+      const std::int64_t leeway = int_arg(a, 3, "leeway", 5);
+      const std::u32string u = to_u32(s);
+      const auto n = static_cast<std::int64_t>(u.size());
+      const auto end_len = static_cast<std::int64_t>(to_u32(end).size());
+      if (length < end_len) throw Error("expected length >= " + std::to_string(end_len) + ", got " + std::to_string(length));
+      if (leeway < 0) throw Error("expected leeway >= 0, got " + std::to_string(leeway));
+      if (n <= length + leeway) return s;
+      const std::u32string head = u.substr(0, static_cast<std::size_t>(length - end_len));
+      if (killwords != nullptr && truthy(*killwords)) return from_u32(head) + end;
+      const auto space = head.rfind(U' ');
+      return from_u32(space == std::u32string::npos ? head : head.substr(0, space)) + end;
     }
     if (f == "split") {
       List parts;
@@ -1228,11 +1452,15 @@ class Renderer {
       for (U i = 0; i < n; ++i) out.emplace_back(static_cast<std::int64_t>(U(start) + i * U(step)));
       return Value::make_list(std::move(out));
     });
-    fn("strftime_now", [](const Arguments& a) {
+    fn("strftime_now", [fixed = now_](const Arguments& a) {
       if (a.positional.empty() || !a.positional[0].is_string()) throw Error("strftime_now(format) needs a format string");
-      const std::time_t now = std::time(nullptr);
       std::tm local{};
-      localtime_r(&now, &local);
+      if (fixed) {
+        local = *fixed;
+      } else {
+        const std::time_t now = std::time(nullptr);
+        localtime_r(&now, &local);
+      }
       char buf[256];
       const std::size_t n = std::strftime(buf, sizeof buf, a.positional[0].str().c_str(), &local);
       return Value(std::string(buf, n));
@@ -1242,7 +1470,17 @@ class Renderer {
 
   Limits limits_;
   std::string out_;
-  std::vector<std::unordered_map<std::string, Value>> scopes_;
+  // Scopes chain through `parent`: a for loop's to the scope around it, a macro's to the template's top level
+  // (scope 0), a call block's caller() to the place of the call block.
+  static constexpr std::size_t kNoScope = static_cast<std::size_t>(-1);
+  struct Scope {
+    std::unordered_map<std::string, Value> vars;
+    std::size_t parent;
+  };
+  std::vector<Scope> scopes_;
+  std::size_t captured_bytes_ = 0;  // text held by the captures being rendered (macros, set and filter blocks)
+  int call_depth_ = 0;
+  std::optional<std::tm> now_;  // strftime_now's fixed clock, if any
   std::size_t iterations_ = 0;
   std::size_t comparison_steps_left_;
   std::unordered_map<std::string, Value> globals_;
@@ -1261,24 +1499,43 @@ class Template {
                               std::to_string(limits_.max_template_bytes), 1, 1);
     }
     if (!is_valid_utf8(source_)) throw TemplateError("the template is not valid UTF-8", 1, 1);
-    detail::Lexer lexer(source_, options);
+    const std::string text = normalized_source(source_);
+    detail::Lexer lexer(text, options);
     detail::Parser parser(lexer.run(), limits_);
     body_ = std::make_shared<detail::Body>(parser.parse());
   }
 
-  // Renders with the given variables (name -> value).
-  [[nodiscard]] std::string render(const Dict& variables) const {
+  // Renders with the given variables (name -> value). `now`, when given, is the local time strftime_now() sees
+  // (a fixed clock, for reproducible renders); else the system's clock. Errors: TemplateError (line, column).
+  [[nodiscard]] std::string render(const Dict& variables, std::optional<std::tm> now = std::nullopt) const {
     const MeterScope meter(limits_.max_value_bytes);
-    detail::Renderer renderer(limits_, variables);
+    detail::Renderer renderer(limits_, variables, now);
     return renderer.run(*body_);
   }
 
   // Renders with variables from a JSON object (nlohmann::ordered_json keeps key order for tojson).
   template <typename Json>
-  [[nodiscard]] std::string render_json(const Json& variables) const {
+  [[nodiscard]] std::string render_json(const Json& variables, std::optional<std::tm> now = std::nullopt) const {
     const Value v = from_json(variables);
     if (!v.is_dict()) throw Error("template variables must be a JSON object");
-    return render(v.dict());
+    return render(v.dict(), now);
+  }
+
+  // The source as Jinja2's lexer reads it (newline_sequence '\n', keep_trailing_newline=False): every line ending
+  // (\r\n, \r, \n) becomes '\n', and one newline at the very end is dropped.
+  static std::string normalized_source(const std::string& source) {
+    std::string out;
+    out.reserve(source.size());
+    for (std::size_t i = 0; i < source.size(); ++i) {
+      if (source[i] == '\r') {
+        out += '\n';
+        if (i + 1 < source.size() && source[i + 1] == '\n') ++i;
+      } else {
+        out += source[i];
+      }
+    }
+    if (!out.empty() && out.back() == '\n') out.pop_back();
+    return out;
   }
 
   [[nodiscard]] const std::string& source() const noexcept { return source_; }

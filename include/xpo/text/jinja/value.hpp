@@ -97,15 +97,19 @@ struct Value {
   // `depth` is 1 + the deepest item's (a namespace counts 1), `holds_namespace` says whether a namespace is in it.
   std::uint32_t depth = 0;
   bool holds_namespace = false;
+  // A list made as a Python tuple (a tuple literal, dict.items() pairs, varargs): printed "(1, 2)", never equal to
+  // a list, and spread by the % operator. Tuples and lists are otherwise the same here.
+  bool tuple = false;
 
   Value() = default;
-  Value(const Value& o) : v(metered(o)), depth(o.depth), holds_namespace(o.holds_namespace) {}
+  Value(const Value& o) : v(metered(o)), depth(o.depth), holds_namespace(o.holds_namespace), tuple(o.tuple) {}
   Value(Value&&) noexcept = default;
   Value& operator=(const Value& o) {
     if (this != &o) {
       v = metered(o);
       depth = o.depth;
       holds_namespace = o.holds_namespace;
+      tuple = o.tuple;
     }
     return *this;
   }
@@ -145,6 +149,11 @@ struct Value {
   }
 
   static Value make_list(List items = {}) { return Value(std::make_shared<List>(std::move(items))); }
+  static Value make_tuple(List items) {
+    Value t = make_list(std::move(items));
+    t.tuple = true;
+    return t;
+  }
   static Value make_dict();
 
  private:
@@ -315,12 +324,13 @@ inline void append_text(const Value& x, bool quoted, std::string& out, std::size
         } else if constexpr (std::is_same_v<T, std::string>) {
           out += quoted ? python_repr(a) : a;
         } else if constexpr (std::is_same_v<T, std::shared_ptr<List>>) {
-          out += '[';
+          out += x.tuple ? '(' : '[';
           for (std::size_t i = 0; i < a->size() && out.size() <= max_bytes; ++i) {
             if (i) out += ", ";
             append_text((*a)[i], true, out, max_bytes);
           }
-          out += ']';
+          if (x.tuple && a->size() == 1) out += ',';
+          out += x.tuple ? ')' : ']';
         } else if constexpr (std::is_same_v<T, std::shared_ptr<Dict>>) {
           out += a->is_namespace ? "<Namespace {" : "{";
           for (std::size_t i = 0; i < a->items.size() && out.size() <= max_bytes; ++i) {
@@ -376,6 +386,7 @@ inline bool equal(const Value& a, const Value& b, std::size_t& budget) {
   if (a.is_undefined() || a.is_none()) return true;
   if (a.is_string()) return a.str() == b.str();
   if (a.is_list()) {
+    if (a.tuple != b.tuple) return false;  // Python: (1, 2) != [1, 2]
     const auto &x = a.list(), &y = b.list();
     if (&x == &y) return true;
     if (x.size() != y.size()) return false;
