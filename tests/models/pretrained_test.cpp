@@ -1,7 +1,9 @@
-// xpo/models: parity with Hugging Face transformers on every model folder of $XPO_FIXTURES_DIR/models/ (see its
-// README). Every size comes from the files, so the same tests run on another fixture set of the same schema.
+// xpo/models: parity with Hugging Face transformers on every model folder of $XPO_FIXTURES_DIR/models/ and
+// $XPO_FIXTURES_DIR/new-models/ (see their READMEs: qwen2, llama, qwen3 + its reward model, mistral, gemma3_text,
+// phi3, smollm3, qwen2 with YaRN). Every size comes from the files, so the same tests run on another fixture set of the same schema.
 // Tolerances (models README): logits, next-token and completion log-probs, reward scores 1e-4 absolute;
-// log-prob sums 1e-3; KV-cached vs full forward 1e-5.
+// log-prob sums 1e-3; KV-cached vs full forward 2e-5 x (1 + |logit|) (transformers' own cached decode differs
+// from its full forward by up to 1.0e-5 on these models: new-models README).
 #include <gtest/gtest.h>
 
 #include <xpo/models/pretrained.hpp>
@@ -119,7 +121,7 @@ TEST(ModelParity, RewardModelsMatchTransformers) {
   EXPECT_GT(checked, 0u) << "no reward model in the fixture set";
 }
 
-// Prefill + one-token steps through the KV cache give the full forward's logits at every step (1e-5).
+// Prefill + one-token steps through the KV cache give the full forward's logits at every step (2e-5 relative form).
 TEST(KVCache, IncrementalDecodingEqualsFullRecompute) {
   torch::NoGradGuard no_grad;
   for (const auto& folder : xpo::test::model_fixture_folders()) {
@@ -141,10 +143,10 @@ TEST(KVCache, IncrementalDecodingEqualsFullRecompute) {
 
     auto cache = model->make_cache(b, p + steps);
     const auto prefill = model->forward(prompt, prompt_mask, pos.narrow(1, 0, p), cache, /*last_only=*/true);
-    EXPECT_TRUE(max_abs_within(prefill.squeeze(1), full.select(1, p - 1), 1e-5)) << "prefill";
+    EXPECT_TRUE(xpo::test::all_close(prefill.squeeze(1), full.select(1, p - 1), 2e-5)) << "prefill";
     for (std::int64_t s = 0; s < steps; ++s) {
       const auto step = model->forward(extra.narrow(1, s, 1), mask.narrow(1, 0, p + s + 1), pos.narrow(1, p + s, 1), cache);
-      EXPECT_TRUE(max_abs_within(step.squeeze(1), full.select(1, p + s), 1e-5)) << "step " << s;
+      EXPECT_TRUE(xpo::test::all_close(step.squeeze(1), full.select(1, p + s), 2e-5)) << "step " << s;
     }
     EXPECT_EQ(cache.length, p + steps);
     EXPECT_THROW(model->forward(extra.narrow(1, 0, 1), mask, pos.narrow(1, 0, 1), cache), c10::Error) << "overflow";
@@ -171,7 +173,11 @@ TEST_F(ScratchDir, SaveLoadRoundTripIsBitIdentical) {
     for (const auto& name : original.names())
       EXPECT_TRUE(saved.load(name, std::nullopt, torch::kCPU).equal(original.load(name, std::nullopt, torch::kCPU))) << name;
     const auto config = xpo::test::read_json(out / "config.json");
-    EXPECT_EQ(config.at("tie_word_embeddings"), xpo::test::read_json(folder / "config.json").at("tie_word_embeddings"));
+    // A missing key in the original means the config class's default; the saved file states it.
+    EXPECT_EQ(config.at("tie_word_embeddings").get<bool>(), xpo::io::ModelConfig::load(folder).tie_word_embeddings);
+    const auto original_config = xpo::test::read_json(folder / "config.json");
+    for (const auto& [key, value] : original_config.items())
+      if (key != "torch_dtype" && key != "dtype") EXPECT_EQ(config.at(key), value) << "config.json key " << key;
     EXPECT_EQ(config.at("torch_dtype"), "float32");
     EXPECT_TRUE(std::filesystem::exists(out / "generation_config.json"));
     // Saving in bf16 stores BF16 tensors and says so in config.json.
@@ -193,13 +199,15 @@ TEST_F(ScratchDir, LoraMergedSaveEqualsTheAdaptedModel) {
     torch::NoGradGuard no_grad;
     const auto base_logits = model->forward(ids, mask, pos);
 
+    // Every linear layer under this architecture's own names (Phi3: qkv_proj, o_proj, gate_up_proj, down_proj).
     xpo::models::LoRAOptions options;
     options.r = 4;
-    options.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    options.target_modules = model->config().linear_layer_names();
     model->enable_lora(options);
     for (const auto& p : model->named_parameters())
       EXPECT_EQ(p.value().requires_grad(), xpo::models::is_lora_parameter(p.key())) << p.key();
-    EXPECT_EQ(model->trainable_parameters().size(), 2u * 7u * static_cast<std::size_t>(model->config().num_hidden_layers));
+    EXPECT_EQ(model->trainable_parameters().size(),
+              2u * options.target_modules.size() * static_cast<std::size_t>(model->config().num_hidden_layers));
     EXPECT_TRUE(model->forward(ids, mask, pos).equal(base_logits)) << "B = 0: a fresh adapter changes nothing";
     torch::manual_seed(1);
     for (const auto& p : model->named_parameters())
@@ -217,7 +225,10 @@ TEST_F(ScratchDir, LoraMergedSaveEqualsTheAdaptedModel) {
     EXPECT_TRUE(max_abs_within(merged->forward(ids, mask, pos), adapted, 1e-4)) << "merged checkpoint";
     xpo::models::save_lora_adapter(model, dir_ / "adapter", folder.string());
     const auto adapter = xpo::io::SafetensorsFile::open(dir_ / "adapter" / "adapter_model.safetensors");
-    EXPECT_TRUE(adapter.contains("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
+    EXPECT_TRUE(adapter.contains("base_model.model.model.layers.0.self_attn." + options.target_modules.front() + ".lora_A.weight"));
+    EXPECT_EQ(xpo::test::read_json(dir_ / "adapter" / "adapter_config.json").at("target_modules"), json(options.target_modules));
+    // The merged checkpoint has exactly the original tensor names (HF's, fused ones included).
+    EXPECT_EQ(xpo::io::TensorStore::open(dir_ / "merged").names(), xpo::io::TensorStore::open(folder).names());
     EXPECT_EQ(xpo::test::read_json(dir_ / "adapter" / "adapter_config.json").at("r"), 4);
     std::filesystem::remove_all(dir_ / "merged");
     std::filesystem::remove_all(dir_ / "adapter");
@@ -270,11 +281,140 @@ TEST_F(ScratchDir, LoadingErrorsNameTheFolderAndTheProblem) {
   // Unsupported architectures and settings are refused when config.json is read.
   config = xpo::test::read_json(*causal / "config.json");
   for (const auto& [key, value] : std::vector<std::pair<std::string, json>>{
-           {"model_type", "gpt2"}, {"hidden_act", "gelu"}, {"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}}},
+           {"model_type", "gpt2"}, {"hidden_act", "gelu"}, {"rope_scaling", {{"rope_type", "ntk-by-parts"}, {"factor", 4.0}}},
            {"num_key_value_heads", 3}}) {
     auto bad = config;
     bad[key] = value;
     EXPECT_THROW(xpo::io::ModelConfig::from_json(bad), xpo::FileError) << key;
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// LongRoPE (phi3): a cached decode that crosses original_max_position_embeddings recomputes the sequence with the
+// long factors, so every step equals what a call without cache gives over the sequence so far (the intended
+// behaviour the new-models README names; transformers 4.57.1's own cached crossing is broken there).
+TEST(KVCache, LongRopeCrossingEqualsRecomputeWithoutCache) {
+  torch::NoGradGuard no_grad;
+  std::size_t checked = 0;
+  for (const auto& folder : xpo::test::model_fixture_folders()) {
+    const auto config = xpo::io::ModelConfig::load(folder);
+    if (!config.rope_scaling || config.rope_scaling->type != "longrope" || config.is_sequence_classifier()) continue;
+    SCOPED_TRACE(folder.string());
+    auto model = xpo::models::load_causal_lm(folder);
+    const auto reference = xpo::test::read_json(folder / "reference.json");
+    const auto prompt = ids_of(reference.at("greedy").at("input_ids"));
+    const auto prompt_mask = ids_of(reference.at("greedy").at("attention_mask"));
+    const auto b = prompt.size(0), p = prompt.size(1);
+    const auto original = config.rope_scaling->original_max_position_embeddings;
+    // Enough steps that the longest row goes from below the boundary (or at it) to beyond it.
+    const auto steps = std::max<std::int64_t>(3, original + 3 - p);
+    torch::manual_seed(0);
+    const auto extra = torch::randint(3, model->vocab_size(), {b, steps}, torch::kLong);
+    const auto ids = torch::cat({prompt, extra}, 1);
+    const auto mask = torch::cat({prompt_mask, torch::ones({b, steps}, torch::kLong)}, 1);
+    const auto pos = xpo::position_ids_from_mask(mask);
+    auto cache = model->make_cache(b, p + steps);
+    (void)model->forward(prompt, prompt_mask, pos.narrow(1, 0, p), cache, true);
+    bool crossed = false;
+    for (std::int64_t s = 0; s < steps; ++s) {
+      const auto w = p + s + 1;
+      const auto step = model->forward(extra.narrow(1, s, 1), mask.narrow(1, 0, w), pos.narrow(1, p + s, 1), cache);
+      const auto full = model->forward(ids.narrow(1, 0, w), mask.narrow(1, 0, w), pos.narrow(1, 0, w));
+      EXPECT_TRUE(xpo::test::all_close(step.squeeze(1), full.select(1, w - 1), 2e-5)) << "step " << s;
+      crossed = crossed || pos.narrow(1, p + s, 1).max().item<std::int64_t>() + 1 > original;
+    }
+    EXPECT_TRUE(crossed) << "the test must cross original_max_position_embeddings";
+    ++checked;
+  }
+  EXPECT_GT(checked, 0u) << "no longrope model in the fixture set";
+}
+
+// rope_scaling kinds without a fixture of their own: dynamic NTK equals the plain table up to
+// max_position_embeddings and stretches beyond it; yarn's factor follows max / original as in v4.57.1.
+TEST(RopeScaling, DynamicAndYarnFollowTransformersRules) {
+  json j = {{"model_type", "llama"}, {"vocab_size", 50}, {"hidden_size", 32}, {"intermediate_size", 64},
+            {"num_hidden_layers", 1}, {"num_attention_heads", 2}, {"max_position_embeddings", 16},
+            {"rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}}}};
+  const auto dynamic = xpo::io::ModelConfig::from_json(j);
+  xpo::models::RotaryEmbedding rope(dynamic.rope_theta, dynamic.rotary_dim(), dynamic.rope_scaling, 16);
+  xpo::models::RotaryEmbedding plain(dynamic.rope_theta, dynamic.rotary_dim(), std::nullopt, 16);
+  const auto short_pos = torch::arange(16, torch::kLong).unsqueeze(0);
+  EXPECT_TRUE(rope.tables(short_pos, torch::kFloat).cos.equal(plain.tables(short_pos, torch::kFloat).cos));
+  const auto long_pos = torch::arange(40, torch::kLong).unsqueeze(0);
+  EXPECT_GT((rope.tables(long_pos, torch::kFloat).cos - plain.tables(long_pos, torch::kFloat).cos).abs().max().item<double>(), 1e-3);
+
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 3.0}, {"original_max_position_embeddings", 4}};
+  const auto yarn = xpo::io::ModelConfig::from_json(j);
+  EXPECT_DOUBLE_EQ(yarn.rope_scaling->factor, 4.0) << "max_position_embeddings / original";
+  EXPECT_NEAR(xpo::models::rotary_attention_factor(yarn.rope_scaling), 0.1 * std::log(4.0) + 1, 1e-12);
+  j["rope_scaling"] = {{"rope_type", "su"}};
+  EXPECT_THROW(xpo::io::ModelConfig::from_json(j), xpo::FileError) << "unknown rope_scaling type";
+  j["rope_scaling"] = nullptr;
+  j["model_type"] = "gpt_oss";
+  EXPECT_THROW(xpo::io::ModelConfig::from_json(j), xpo::FileError) << "unknown model_type";
+}
+
+// The per-architecture policies each family's config.json maps to.
+TEST(HfConfigPolicies, EachFamilyMapsToItsPolicies) {
+  std::size_t checked = 0;
+  for (const auto& folder : xpo::test::model_fixture_folders()) {
+    SCOPED_TRACE(folder.string());
+    const auto raw = xpo::test::read_json(folder / "config.json");
+    const auto c = xpo::io::ModelConfig::load(folder);
+    const auto layers = static_cast<std::size_t>(c.num_hidden_layers);
+    ASSERT_EQ(c.layer_attention.size(), layers);
+    ASSERT_EQ(c.layer_rope.size(), layers);
+    EXPECT_EQ(c.qk_norm, c.model_type == "qwen3" || c.model_type == "gemma3_text");
+    EXPECT_EQ(c.fused_projections, c.model_type == "phi3");
+    EXPECT_EQ(c.norm_adds_one, c.model_type == "gemma3_text");
+    if (raw.contains("layer_types") && c.sliding_window) {
+      for (std::size_t i = 0; i < layers; ++i)
+        EXPECT_EQ(c.layer_attention[i] == xpo::io::LayerAttention::sliding, raw["layer_types"][i] == "sliding_attention") << i;
+    }
+    if (c.model_type == "mistral") {
+      EXPECT_EQ(c.sliding_window, raw.at("sliding_window").get<std::int64_t>());
+      for (auto a : c.layer_attention) EXPECT_EQ(a, xpo::io::LayerAttention::sliding);
+    }
+    if (raw.contains("no_rope_layers"))
+      for (std::size_t i = 0; i < layers; ++i)
+        EXPECT_EQ(c.layer_rope[i] == xpo::io::LayerRope::none, raw["no_rope_layers"][i] == 0) << i;
+    if (c.model_type == "gemma3_text") {
+      EXPECT_NEAR(c.embedding_scale, std::sqrt(static_cast<double>(c.hidden_size)), 1e-12);
+      EXPECT_NEAR(c.query_scale, 1.0 / std::sqrt(raw.at("query_pre_attn_scalar").get<double>()), 1e-12);
+      EXPECT_EQ(c.final_logit_softcapping.has_value(), !raw.at("final_logit_softcapping").is_null());
+      EXPECT_TRUE(c.tie_word_embeddings || raw.contains("tie_word_embeddings")) << "missing key = the class default (true)";
+    }
+    if (c.model_type == "phi3") {
+      EXPECT_EQ(c.rotary_dim(), static_cast<std::int64_t>(c.head_dim * raw.at("partial_rotary_factor").get<double>()));
+      EXPECT_EQ(c.linear_layer_names(), (std::vector<std::string>{"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}));
+    }
+    ++checked;
+  }
+  EXPECT_GT(checked, 0u);
+}
+
+// LoRA names follow the architecture: a fused model refuses q_proj (as PEFT finds no such module) with a message
+// listing its own layers; PEFT's default targets for phi3 are its fused layers.
+TEST(Lora, TargetsAreTheArchitecturesOwnLayerNames) {
+  for (const auto& folder : xpo::test::model_fixture_folders()) {
+    if (is_reward_model(folder)) continue;
+    SCOPED_TRACE(folder.string());
+    auto model = xpo::models::load_causal_lm(folder);
+    const auto& names = model->config().linear_layer_names();
+    xpo::models::LoRAOptions options;
+    options.target_modules = model->config().fused_projections ? std::vector<std::string>{"q_proj"}
+                                                               : std::vector<std::string>{"qkv_proj"};
+    try {
+      model->enable_lora(options);
+      ADD_FAILURE() << "must throw";
+    } catch (const xpo::ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(names.front()), std::string::npos) << e.what();
+    }
+    options.target_modules = xpo::models::default_lora_targets(model->config().model_type);
+    EXPECT_NO_THROW(model->enable_lora(options));
   }
 }
 

@@ -150,13 +150,18 @@ inline ::testing::AssertionResult max_abs_within(const torch::Tensor& actual, co
   return ::testing::AssertionFailure() << "max |difference| " << worst << " > tolerance " << tol;
 }
 
-// Subfolders of fixtures/models/ (every model the fixture set ships), sorted; fails when there is none.
+// Subfolders of fixtures/models/ and fixtures/new-models/ (every model the fixture set ships: the Qwen2/Llama
+// generation and the newer architectures), sorted; fails when either folder is missing or holds no model.
 inline std::vector<std::filesystem::path> model_fixture_folders() {
   std::vector<std::filesystem::path> out;
-  for (const auto& e : std::filesystem::directory_iterator(fixture_path("models")))
-    if (e.is_directory() && std::filesystem::exists(e.path() / "reference.json")) out.push_back(e.path());
+  for (const char* group : {"models", "new-models"}) {
+    const auto before = out.size();
+    for (const auto& e : std::filesystem::directory_iterator(fixture_path(group)))
+      if (e.is_directory() && std::filesystem::exists(e.path() / "reference.json")) out.push_back(e.path());
+    if (out.size() == before)
+      throw std::runtime_error("no model folder with reference.json under " + fixture_path(group).string());
+  }
   std::sort(out.begin(), out.end());
-  if (out.empty()) throw std::runtime_error("no model folder with reference.json under " + fixture_path("models").string());
   return out;
 }
 

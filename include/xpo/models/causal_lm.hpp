@@ -1,5 +1,6 @@
-// xpo/models/causal_lm.hpp — Qwen2ForCausalLM / LlamaForCausalLM: the decoder stack plus an LM head (tied to
-// the embedding when tie_word_embeddings). Satisfies xpo::CausalLanguageModel.
+// xpo/models/causal_lm.hpp — …ForCausalLM of every supported family (Qwen2, Llama, Qwen3, Mistral, Gemma3, Phi3,
+// SmolLM3): the decoder stack plus an LM head (tied to the embedding when tie_word_embeddings), with Gemma3's
+// final logit soft-capping where the config sets it. Satisfies xpo::CausalLanguageModel.
 #pragma once
 
 #include <torch/torch.h>
@@ -16,15 +17,19 @@
 
 namespace xpo::models {
 
-// Hugging Face's initialisation (normal(0, initializer_range), zero biases, unit norms) for every parameter
-// of `module` except LoRA adapters. Models loaded from a checkpoint skip it.
+// Hugging Face's initialisation (normal(0, initializer_range), zero biases, unit norms: weight 1, or 0 for
+// Gemma's (1 + w) norms) for every parameter of `module` except LoRA adapters. Models loaded from a checkpoint
+// skip it.
 inline void init_weights(torch::nn::Module& module, double std_dev = 0.02) {
   torch::NoGradGuard no_grad;
+  bool norm_adds_one = false;
+  for (const auto& m : module.modules())
+    if (auto* n = m->as<RMSNormImpl>(); n != nullptr && n->adds_one()) norm_adds_one = true;
   for (const auto& p : module.named_parameters()) {
     const auto& name = p.key();
     if (name.find("lora_") != std::string::npos) continue;
     if (name.find("norm") != std::string::npos) {
-      p.value().fill_(1.0);
+      p.value().fill_(norm_adds_one ? 0.0 : 1.0);
     } else if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) {
       p.value().zero_();
     } else {
@@ -63,18 +68,26 @@ class CausalLMImpl : public torch::nn::Module {
     return head(hidden);
   }
 
-  // hidden [B, T, H] -> logits [B, T, V]
+  // hidden [B, T, H] -> logits [B, T, V]; soft-capped c tanh(logits / c) when final_logit_softcapping is set
   torch::Tensor head(const torch::Tensor& hidden) {
     auto logits = lm_head ? lm_head(hidden) : torch::nn::functional::linear(hidden, model->embed_tokens->weight);
     const auto t = logits.scalar_type();
-    return t == torch::kHalf || t == torch::kBFloat16 ? logits.to(torch::kFloat) : logits;
+    if (t == torch::kHalf || t == torch::kBFloat16) logits = logits.to(torch::kFloat);
+    if (config_.final_logit_softcapping) {
+      const double cap = *config_.final_logit_softcapping;
+      logits = torch::tanh(logits / cap) * cap;
+    }
+    return logits;
   }
 
   [[nodiscard]] KVCache make_cache(std::int64_t batch, std::int64_t capacity) const { return model->make_cache(batch, capacity); }
 
-  // LoRA: adapters on options.target_modules; every other weight frozen. The LM head and embeddings stay frozen.
+  // LoRA: adapters on options.target_modules (this architecture's linear layer names, as PEFT matches them:
+  // Phi3 has qkv_proj and gate_up_proj instead of q/k/v_proj and gate/up_proj); every other weight frozen. The
+  // LM head and embeddings stay frozen. Throws ConfigError when a name is not a linear layer of this model.
   void enable_lora(const LoRAOptions& options) {
     TORCH_CHECK(!lora_, "LoRA is already enabled");
+    check_lora_targets(config_, options);
     if (attach_lora(*model, options, adapter_switch_) == 0) throw ConfigError("LoRA: no layer matched lora_target_modules");
     if (lm_head) lm_head->weight.set_requires_grad(false);
     lora_ = options;

@@ -1,12 +1,16 @@
-// xpo/models/decoder.hpp — the Qwen2/Llama decoder stack ("model." in Hugging Face's names): token embedding,
-// N x (RMSNorm -> grouped-query attention with rotary positions -> residual -> RMSNorm -> SwiGLU MLP -> residual),
-// final RMSNorm. Explicit position ids (left padding: cumsum(mask) - 1); a preallocated KV cache for incremental
-// decoding whose logits equal the full forward's.
+// xpo/models/decoder.hpp — one decoder stack for every supported family ("model." in Hugging Face's names):
+// token embedding (optionally scaled), N x (RMSNorm -> grouped-query attention with rotary positions -> residual ->
+// RMSNorm -> gated MLP -> residual), final RMSNorm. The per-family differences are the policies of io::ModelConfig
+// (norm kind, q/k norms, fused projections, activation, sliding window and RoPE per layer, query scale).
+// Explicit position ids (left padding: cumsum(mask) - 1); a preallocated KV cache for incremental decoding whose
+// logits equal the full forward's.
 #pragma once
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdint>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,11 +21,17 @@
 
 namespace xpo::models {
 
-// Keys and values of every layer for a batch, preallocated for `capacity` positions.
+// Keys and values of every layer for a batch, preallocated for `capacity` positions. Slots count every column of
+// the attention mask (left pads included), as transformers' cache does, so a sliding window over slots is the same.
 struct KVCache {
   std::vector<torch::Tensor> keys;    // per layer [B, Hkv, capacity, D]
   std::vector<torch::Tensor> values;  // per layer [B, Hkv, capacity, D]
   std::int64_t length = 0;            // positions already filled
+  // LongRoPE models only (undefined otherwise): the tokens and positions of the filled slots, so that a call that
+  // switches between the short and long factor sets recomputes the whole sequence with the new set.
+  torch::Tensor token_ids;            // [B, capacity] int64
+  torch::Tensor positions;            // [B, capacity] int64
+  std::optional<bool> rope_long;      // the set the cached keys were computed with
 
   [[nodiscard]] std::int64_t capacity() const { return keys.empty() ? 0 : keys.front().size(2); }
   [[nodiscard]] std::int64_t batch_size() const { return keys.empty() ? 0 : keys.front().size(0); }
@@ -30,30 +40,63 @@ struct KVCache {
   void select_rows(const torch::Tensor& rows) {
     for (auto& k : keys) k = k.index_select(0, rows);
     for (auto& v : values) v = v.index_select(0, rows);
+    if (token_ids.defined()) token_ids = token_ids.index_select(0, rows.to(token_ids.device()));
+    if (positions.defined()) positions = positions.index_select(0, rows.to(positions.device()));
   }
 };
 
+// Grouped-query self-attention with the per-architecture options of io::ModelConfig: separate q/k/v projections
+// or Phi3's fused qkv_proj (rows q, then k, then v), RMSNorm on q and k over head_dim (Qwen3, Gemma3), rotary
+// positions on the first rotary_dim dims (or none: SmolLM3's NoPE layers), and the query scale (head_dim^-0.5,
+// Gemma3's query_pre_attn_scalar^-0.5).
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const io::ModelConfig& c)
       : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim),
-        dropout_(c.attention_dropout) {
-    q_proj = register_module("q_proj", Linear(c.hidden_size, heads_ * head_dim_, c.qkv_bias));
-    k_proj = register_module("k_proj", Linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
-    v_proj = register_module("v_proj", Linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
+        dropout_(c.attention_dropout), fused_(c.fused_projections),
+        query_multiplier_(c.query_scale * std::sqrt(static_cast<double>(c.head_dim))) {
+    if (fused_) {
+      qkv_proj = register_module("qkv_proj", Linear(c.hidden_size, (heads_ + 2 * kv_heads_) * head_dim_, c.qkv_bias));
+    } else {
+      q_proj = register_module("q_proj", Linear(c.hidden_size, heads_ * head_dim_, c.qkv_bias));
+      k_proj = register_module("k_proj", Linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
+      v_proj = register_module("v_proj", Linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
+    }
     o_proj = register_module("o_proj", Linear(heads_ * head_dim_, c.hidden_size, c.o_proj_bias));
+    if (c.qk_norm) {
+      q_norm = register_module("q_norm", RMSNorm(head_dim_, c.rms_norm_eps, c.norm_adds_one));
+      k_norm = register_module("k_norm", RMSNorm(head_dim_, c.rms_norm_eps, c.norm_adds_one));
+    }
+    if (std::abs(query_multiplier_ - 1.0) < 1e-12) query_multiplier_ = 1.0;
   }
 
-  // x [B, T, H], rotary tables [B, 1, T, D], additive mask [B, 1, T, Tpast+T]; cache (if any) gains T positions
-  // for this layer -> [B, T, H]
-  torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask, KVCache* cache,
+  // x [B, T, H], rotary tables [B, 1, T, R] (nullptr: no rotation), additive mask [B, 1, T, Tpast+T]; cache (if
+  // any) gains T positions for this layer -> [B, T, H]
+  torch::Tensor forward(const torch::Tensor& x, const RotaryTables* rope, const torch::Tensor& mask, KVCache* cache,
                         std::size_t layer) {
     const auto b = x.size(0), t = x.size(1);
-    auto q = q_proj(x).view({b, t, heads_, head_dim_}).transpose(1, 2);     // [B, H, T, D]
-    auto k = k_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);  // [B, Hkv, T, D]
-    auto v = v_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);  // [B, Hkv, T, D]
-    q = apply_rotary(q, rope);
-    k = apply_rotary(k, rope);
+    torch::Tensor q, k, v;
+    if (fused_) {
+      const auto qkv = qkv_proj(x);  // [B, T, (H + 2 Hkv) D]
+      q = qkv.narrow(-1, 0, heads_ * head_dim_);
+      k = qkv.narrow(-1, heads_ * head_dim_, kv_heads_ * head_dim_);
+      v = qkv.narrow(-1, (heads_ + kv_heads_) * head_dim_, kv_heads_ * head_dim_);
+    } else {
+      q = q_proj(x), k = k_proj(x), v = v_proj(x);
+    }
+    q = q.reshape({b, t, heads_, head_dim_});
+    k = k.reshape({b, t, kv_heads_, head_dim_});
+    if (q_norm) {
+      q = q_norm(q);
+      k = k_norm(k);
+    }
+    q = q.transpose(1, 2);                                                    // [B, H, T, D]
+    k = k.transpose(1, 2);                                                    // [B, Hkv, T, D]
+    v = v.reshape({b, t, kv_heads_, head_dim_}).transpose(1, 2);              // [B, Hkv, T, D]
+    if (rope != nullptr) {
+      q = apply_rotary(q, *rope);
+      k = apply_rotary(k, *rope);
+    }
     if (cache != nullptr) {
       const auto past = cache->length;
       cache->keys[layer].narrow(2, past, t).copy_(k);
@@ -61,55 +104,97 @@ class AttentionImpl : public torch::nn::Module {
       k = cache->keys[layer].narrow(2, 0, past + t);
       v = cache->values[layer].narrow(2, 0, past + t);
     }
+    // grouped_query_attention divides by sqrt(head_dim); another query scale is folded into q.
+    if (query_multiplier_ != 1.0) q = q * query_multiplier_;
     const double p = is_training() ? dropout_ : 0.0;
     const auto out = compat::grouped_query_attention(q, k, v, mask, p);  // [B, H, T, D]
     return o_proj(out.transpose(1, 2).reshape({b, t, heads_ * head_dim_}));
   }
 
-  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, qkv_proj{nullptr}, o_proj{nullptr};
+  RMSNorm q_norm{nullptr}, k_norm{nullptr};
 
  private:
   std::int64_t heads_, kv_heads_, head_dim_;
   double dropout_;
+  bool fused_;
+  double query_multiplier_;
 };
 TORCH_MODULE(Attention);
 
+// Gated MLP: down(act(gate(x)) * up(x)) with act = silu or gelu_pytorch_tanh; Phi3 fuses gate and up into
+// gate_up_proj (gate = the first half of its rows).
 class MLPImpl : public torch::nn::Module {
  public:
-  explicit MLPImpl(const io::ModelConfig& c) {
-    gate_proj = register_module("gate_proj", Linear(c.hidden_size, c.intermediate_size, c.mlp_bias));
-    up_proj = register_module("up_proj", Linear(c.hidden_size, c.intermediate_size, c.mlp_bias));
+  explicit MLPImpl(const io::ModelConfig& c)
+      : intermediate_(c.intermediate_size), gelu_tanh_(c.hidden_act == "gelu_pytorch_tanh") {
+    if (c.fused_projections) {
+      gate_up_proj = register_module("gate_up_proj", Linear(c.hidden_size, 2 * c.intermediate_size, c.mlp_bias));
+    } else {
+      gate_proj = register_module("gate_proj", Linear(c.hidden_size, c.intermediate_size, c.mlp_bias));
+      up_proj = register_module("up_proj", Linear(c.hidden_size, c.intermediate_size, c.mlp_bias));
+    }
     down_proj = register_module("down_proj", Linear(c.intermediate_size, c.hidden_size, c.mlp_bias));
   }
-  // x [B, T, H] -> [B, T, H]: down(silu(gate(x)) * up(x))
-  torch::Tensor forward(const torch::Tensor& x) { return down_proj(torch::silu(gate_proj(x)) * up_proj(x)); }
+  // x [B, T, H] -> [B, T, H]
+  torch::Tensor forward(const torch::Tensor& x) {
+    if (gate_up_proj) {
+      const auto gu = gate_up_proj(x);
+      return down_proj(gu.narrow(-1, intermediate_, intermediate_) * activation(gu.narrow(-1, 0, intermediate_)));
+    }
+    return down_proj(activation(gate_proj(x)) * up_proj(x));
+  }
 
-  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  Linear gate_proj{nullptr}, up_proj{nullptr}, gate_up_proj{nullptr}, down_proj{nullptr};
+
+ private:
+  torch::Tensor activation(const torch::Tensor& x) const { return gelu_tanh_ ? torch::gelu(x, "tanh") : torch::silu(x); }
+  std::int64_t intermediate_;
+  bool gelu_tanh_;
 };
 TORCH_MODULE(MLP);
 
+// Pre-norm residual layer; Gemma3 ("sandwich") also norms each branch's output and names the MLP's input norm
+// pre_feedforward_layernorm. Phi3's resid_pdrop applies dropout to each branch in training.
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  explicit DecoderLayerImpl(const io::ModelConfig& c) {
+  explicit DecoderLayerImpl(const io::ModelConfig& c) : resid_dropout_(c.resid_dropout) {
     self_attn = register_module("self_attn", Attention(c));
     mlp = register_module("mlp", MLP(c));
-    input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
-    post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+    input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_adds_one));
+    post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_adds_one));
+    if (c.sandwich_norms) {
+      pre_feedforward_layernorm = register_module("pre_feedforward_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_adds_one));
+      post_feedforward_layernorm = register_module("post_feedforward_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_adds_one));
+    }
   }
   // x [B, T, H] -> [B, T, H]
-  torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask, KVCache* cache,
+  torch::Tensor forward(const torch::Tensor& x, const RotaryTables* rope, const torch::Tensor& mask, KVCache* cache,
                         std::size_t layer) {
-    const auto h = x + self_attn->forward(input_layernorm(x), rope, mask, cache, layer);
-    return h + mlp(post_attention_layernorm(h));
+    if (pre_feedforward_layernorm) {
+      const auto h = x + post_attention_layernorm(self_attn->forward(input_layernorm(x), rope, mask, cache, layer));
+      return h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)));
+    }
+    const auto h = x + residual_dropout(self_attn->forward(input_layernorm(x), rope, mask, cache, layer));
+    return h + residual_dropout(mlp(post_attention_layernorm(h)));
   }
 
   Attention self_attn{nullptr};
   MLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  RMSNorm pre_feedforward_layernorm{nullptr}, post_feedforward_layernorm{nullptr};
+
+ private:
+  torch::Tensor residual_dropout(const torch::Tensor& x) {
+    return resid_dropout_ > 0 && is_training() ? torch::dropout(x, resid_dropout_, true) : x;
+  }
+  double resid_dropout_;
 };
 TORCH_MODULE(DecoderLayer);
 
-// The decoder stack without a head (Hugging Face's Qwen2Model / LlamaModel, "model." in checkpoints).
+// The decoder stack without a head (Hugging Face's Qwen2Model / LlamaModel / Qwen3Model / MistralModel /
+// Gemma3TextModel / Phi3Model / SmolLM3Model, "model." in checkpoints). Per layer, config.layer_attention picks
+// the causal or the sliding-window mask and config.layer_rope the global table, the local one or none.
 class DecoderModelImpl : public torch::nn::Module {
  public:
   explicit DecoderModelImpl(const io::ModelConfig& c) : config_(c) {
@@ -119,9 +204,18 @@ class DecoderModelImpl : public torch::nn::Module {
       blocks_.push_back(DecoderLayer(c));
       layers->push_back(blocks_.back());
     }
-    norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
-    // Not a checkpoint tensor and not a buffer: module.to(bfloat16) must not round it. Follows the device lazily.
-    inv_freq_ = rotary_inverse_frequencies(c);
+    norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_adds_one));
+    // Not checkpoint tensors and not buffers: module.to(bfloat16) must not round them. Follow the device lazily.
+    global_rope_ = RotaryEmbedding(c.rope_theta, c.rotary_dim(), c.rope_scaling, c.max_position_embeddings);
+    local_rope_ = RotaryEmbedding(c.rope_local_base_freq, c.rotary_dim(), std::nullopt, c.max_position_embeddings);
+    for (auto kind : c.layer_rope) {
+      if (kind == io::LayerRope::global) uses_global_ = true;
+      if (kind == io::LayerRope::local) uses_local_ = true;
+    }
+    for (auto kind : c.layer_attention) {
+      if (kind == io::LayerAttention::sliding) uses_sliding_ = true;
+      else uses_full_ = true;
+    }
   }
 
   // ids [B, T] int64, attention_mask [B, Tpast+T] (1 = real token; covers the cached positions too),
@@ -134,13 +228,19 @@ class DecoderModelImpl : public torch::nn::Module {
                 " positions; expected cached ", past, " + new ", t);
     TORCH_CHECK(cache == nullptr || past + t <= cache->capacity(), "KV cache overflow: ", past + t,
                 " positions, capacity ", cache ? cache->capacity() : 0);
-    auto h = embed_tokens(input_ids);  // [B, T, H]
-    if (inv_freq_.device() != h.device()) inv_freq_ = inv_freq_.to(h.device());
-    const auto rope = rotary_tables(position_ids, inv_freq_, h.scalar_type());
-    const auto mask = additive_causal_mask(attention_mask, past, t, h.scalar_type());
-    for (std::size_t i = 0; i < blocks_.size(); ++i) h = blocks_[i]->forward(h, rope, mask, cache, i);
-    if (cache != nullptr) cache->length += t;
-    return norm(h);
+    std::optional<bool> use_long;
+    if (global_rope_.is_longrope() && uses_global_) {
+      // LongRoPE picks its factor set from the longest position of this call; when that differs from the set the
+      // cache was filled with, the whole sequence is recomputed with the new set (what a call without cache gives).
+      use_long = global_rope_.uses_long_factors(RotaryEmbedding::max_length(position_ids));
+      if (cache != nullptr && past > 0 && cache->rope_long && *cache->rope_long != *use_long) {
+        const auto ids = torch::cat({cache->token_ids.narrow(1, 0, past), input_ids}, 1);
+        const auto pos = torch::cat({cache->positions.narrow(1, 0, past), position_ids}, 1);
+        cache->length = 0;
+        return run(ids, attention_mask, pos, cache, use_long).narrow(1, past, t);
+      }
+    }
+    return run(input_ids, attention_mask, position_ids, cache, use_long);
   }
 
   // A cache for `batch` rows and `capacity` positions, in the model's dtype and on its device.
@@ -151,18 +251,24 @@ class DecoderModelImpl : public torch::nn::Module {
       cache.keys.push_back(torch::zeros({batch, config_.num_key_value_heads, capacity, config_.head_dim}, opts));
       cache.values.push_back(torch::zeros({batch, config_.num_key_value_heads, capacity, config_.head_dim}, opts));
     }
+    if (global_rope_.is_longrope()) {
+      cache.token_ids = torch::zeros({batch, capacity}, opts.dtype(torch::kLong));
+      cache.positions = torch::zeros({batch, capacity}, opts.dtype(torch::kLong));
+    }
     return cache;
   }
 
-  // 0 where query i (at sequence index past + i) may attend key j (j <= past + i and attention_mask[b, j] == 1),
-  // the dtype's lowest finite value elsewhere: attention_mask [B, Tk] -> [B, 1, T, Tk].
+  // 0 where query i (at sequence index past + i) may attend key j (j <= past + i and attention_mask[b, j] == 1,
+  // and with a `window`, j > past + i - window: the query and the window - 1 slots before it), the dtype's lowest
+  // finite value elsewhere: attention_mask [B, Tk] -> [B, 1, T, Tk].
   static torch::Tensor additive_causal_mask(const torch::Tensor& attention_mask, std::int64_t past, std::int64_t t,
-                                            torch::ScalarType dtype) {
+                                            torch::ScalarType dtype, std::optional<std::int64_t> window = std::nullopt) {
     const auto tk = attention_mask.size(1);
     const auto opts = attention_mask.options().dtype(torch::kLong);
     const auto query_index = torch::arange(past, past + t, opts).unsqueeze(1);           // [T, 1]
     const auto key_index = torch::arange(tk, opts).unsqueeze(0);                          // [1, Tk]
-    const auto causal = key_index.le(query_index);                                        // [T, Tk]
+    auto causal = key_index.le(query_index);                                              // [T, Tk]
+    if (window) causal = causal.logical_and(key_index.gt(query_index - *window));
     const auto allowed = causal.unsqueeze(0).logical_and(attention_mask.ne(0).unsqueeze(1));  // [B, T, Tk]
     return torch::zeros(allowed.sizes(), attention_mask.options().dtype(dtype))
         .masked_fill(allowed.logical_not(), compat::lowest_finite(dtype))
@@ -177,8 +283,39 @@ class DecoderModelImpl : public torch::nn::Module {
   RMSNorm norm{nullptr};
 
  private:
+  torch::Tensor run(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                    const torch::Tensor& position_ids, KVCache* cache, std::optional<bool> use_long) {
+    const auto t = input_ids.size(1);
+    const auto past = cache != nullptr ? cache->length : 0;
+    auto h = embed_tokens(input_ids);  // [B, T, H]
+    if (config_.embedding_scale != 1.0)  // Gemma: the scale is rounded to the weights' dtype first
+      h = h * torch::scalar_tensor(config_.embedding_scale, h.options().dtype(torch::kFloat)).to(h.scalar_type());
+    if (config_.embd_dropout > 0 && is_training()) h = torch::dropout(h, config_.embd_dropout, true);
+    const auto dtype = h.scalar_type();
+    RotaryTables global, local;
+    if (uses_global_) global = global_rope_.tables(position_ids, dtype, use_long);
+    if (uses_local_) local = local_rope_.tables(position_ids, dtype);
+    torch::Tensor full_mask, sliding_mask;
+    if (uses_full_) full_mask = additive_causal_mask(attention_mask, past, t, dtype);
+    if (uses_sliding_) sliding_mask = additive_causal_mask(attention_mask, past, t, dtype, config_.sliding_window);
+    if (cache != nullptr && cache->token_ids.defined()) {
+      cache->token_ids.narrow(1, past, t).copy_(input_ids);
+      cache->positions.narrow(1, past, t).copy_(position_ids);
+      cache->rope_long = use_long;
+    }
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      const auto rope_kind = config_.layer_rope[i];
+      const RotaryTables* rope = rope_kind == io::LayerRope::global ? &global : rope_kind == io::LayerRope::local ? &local : nullptr;
+      const auto& mask = config_.layer_attention[i] == io::LayerAttention::sliding ? sliding_mask : full_mask;
+      h = blocks_[i]->forward(h, rope, mask, cache, i);
+    }
+    if (cache != nullptr) cache->length += t;
+    return norm(h);
+  }
+
   io::ModelConfig config_;
-  torch::Tensor inv_freq_;            // [D/2] float32 rotary inverse frequencies
+  RotaryEmbedding global_rope_, local_rope_;
+  bool uses_global_ = false, uses_local_ = false, uses_full_ = false, uses_sliding_ = false;
   std::vector<DecoderLayer> blocks_;  // the same modules as `layers`, typed
 };
 TORCH_MODULE(DecoderModel);

@@ -1,9 +1,11 @@
-// xpo/models/layers.hpp — the building blocks of the Qwen2/Llama decoder, registered under Hugging Face's
-// parameter names so that loading and saving is a name-for-name copy:
+// xpo/models/layers.hpp — the building blocks of the decoder, registered under Hugging Face's parameter names so
+// that loading and saving is a name-for-name copy:
 //   Linear   `weight` [out, in], optional `bias` [out]; optional LoRA adapters `lora_A.weight` [r, in],
 //            `lora_B.weight` [out, r] (PEFT's names) behind a switch shared by the whole model;
-//   RMSNorm  `weight` [H];
-//   rotary tables (rotate-half layout) from rope_theta and rope_scaling.
+//   RMSNorm  `weight` [H], times w (Llama family) or (1 + w) (Gemma);
+//   RotaryEmbedding: cos/sin tables (rotate-half layout, optionally over the first rotary_dim dims only) from a
+//            base and rope_scaling (linear, llama3, yarn, dynamic, longrope), as transformers v4.57.1's
+//            modeling_rope_utils.py computes them.
 #pragma once
 
 #include <torch/torch.h>
@@ -13,6 +15,8 @@
 #include <memory>
 #include <numbers>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "xpo/io/hf_config.hpp"
 
@@ -107,32 +111,64 @@ class EmbeddingImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Embedding);
 
-// Root-mean-square norm as Hugging Face computes it: in float32, then back to the input dtype, times weight.
+// Root-mean-square norm as Hugging Face computes it: normalised in float32; Llama family: back to the input dtype,
+// then times weight; Gemma (`adds_one`): times (1 + weight) in float32, then back to the input dtype.
 class RMSNormImpl : public torch::nn::Module {
  public:
-  RMSNormImpl(std::int64_t hidden, double eps) : eps_(eps) { weight = register_parameter("weight", torch::ones({hidden})); }
+  RMSNormImpl(std::int64_t hidden, double eps, bool adds_one = false) : eps_(eps), adds_one_(adds_one) {
+    weight = register_parameter("weight", adds_one ? torch::zeros({hidden}) : torch::ones({hidden}));
+  }
 
   // x [..., H] -> [..., H]
   torch::Tensor forward(const torch::Tensor& x) {
     const auto x32 = x.to(torch::kFloat);
     const auto normed = x32 * torch::rsqrt(x32.square().mean(-1, /*keepdim=*/true) + eps_);
+    if (adds_one_) return (normed * (weight.to(torch::kFloat) + 1.0)).to(x.scalar_type());
     return weight * normed.to(x.scalar_type());
   }
+
+  [[nodiscard]] bool adds_one() const { return adds_one_; }
 
   torch::Tensor weight;
 
  private:
   double eps_;
+  bool adds_one_;
 };
 TORCH_MODULE(RMSNorm);
 
-// Rotary inverse frequencies [D/2] in float32, with rope_scaling applied ("linear" or "llama3").
-inline torch::Tensor rotary_inverse_frequencies(const io::ModelConfig& config) {
-  const auto d = config.head_dim;
-  auto inv_freq = 1.0 / torch::pow(config.rope_theta, torch::arange(0, d, 2, torch::kLong).to(torch::kFloat) / d);
-  if (!config.rope_scaling) return inv_freq;
-  const auto& s = *config.rope_scaling;
+// Rotary inverse frequencies [dim/2] in float32 for base `theta` over `dim` rotated dims, with static rope_scaling
+// applied ("linear", "llama3", "yarn"; "longrope" takes the short factors, "dynamic" the unscaled base).
+inline torch::Tensor rotary_inverse_frequencies(double theta, std::int64_t dim, const std::optional<io::RopeScaling>& scaling) {
+  const auto exponents = torch::arange(0, dim, 2, torch::kLong).to(torch::kFloat) / static_cast<double>(dim);  // [dim/2]
+  auto inv_freq = 1.0 / torch::pow(theta, exponents);
+  if (!scaling) return inv_freq;
+  const auto& s = *scaling;
   if (s.type == "linear") return inv_freq / s.factor;
+  if (s.type == "dynamic") return inv_freq;
+  if (s.type == "longrope") return 1.0 / (torch::tensor(s.short_factor, torch::kDouble).to(torch::kFloat) * torch::pow(theta, exponents));
+  if (s.type == "yarn") {
+    // Dimensions that turn fewer than beta_slow times over the original context are interpolated (divided by
+    // factor), those that turn more than beta_fast times are kept, a linear ramp between.
+    const double original = static_cast<double>(s.original_max_position_embeddings);
+    const auto correction_dim = [&](double rotations) {
+      return static_cast<double>(dim) * std::log(original / (rotations * 2 * std::numbers::pi)) / (2 * std::log(theta));
+    };
+    double low = correction_dim(s.beta_fast), high = correction_dim(s.beta_slow);
+    if (s.truncate) {
+      low = std::floor(low);
+      high = std::ceil(high);
+    }
+    low = std::max(low, 0.0);
+    high = std::min(high, static_cast<double>(dim - 1));
+    if (low == high) high += 0.001;
+    const auto pos_freqs = torch::pow(theta, exponents);
+    const auto extrapolation = 1.0 / pos_freqs;
+    const auto interpolation = 1.0 / (s.factor * pos_freqs);
+    const auto ramp = ((torch::arange(dim / 2, torch::kFloat) - low) / (high - low)).clamp(0, 1);
+    const auto keep = 1 - ramp;
+    return interpolation * (1 - keep) + extrapolation * keep;
+  }
   // llama3: long wavelengths are slowed by `factor`, short ones kept, the band between interpolated smoothly.
   const double old_context = static_cast<double>(s.original_max_position_embeddings);
   const double low_freq_wavelen = old_context / s.low_freq_factor;
@@ -145,18 +181,109 @@ inline torch::Tensor rotary_inverse_frequencies(const io::ModelConfig& config) {
   return torch::where(medium, smoothed, scaled);
 }
 
+// The global table's inverse frequencies of a model: rope_theta over its rotary dims with its rope_scaling.
+inline torch::Tensor rotary_inverse_frequencies(const io::ModelConfig& config) {
+  return rotary_inverse_frequencies(config.rope_theta, config.rotary_dim(), config.rope_scaling);
+}
+
+// The factor cos and sin are multiplied by: 1 except for yarn (0.1 ln(factor) + 1 unless given) and longrope
+// (sqrt(1 + ln(factor) / ln(original)) unless given).
+inline double rotary_attention_factor(const std::optional<io::RopeScaling>& scaling) {
+  if (!scaling) return 1.0;
+  const auto& s = *scaling;
+  const auto mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+  if (s.type == "yarn") {
+    if (s.attention_factor) return *s.attention_factor;
+    if (s.mscale && s.mscale_all_dim && *s.mscale != 0 && *s.mscale_all_dim != 0)
+      return mscale(s.factor, *s.mscale) / mscale(s.factor, *s.mscale_all_dim);
+    return mscale(s.factor, 1.0);
+  }
+  if (s.type == "longrope") {
+    if (s.attention_factor) return *s.attention_factor;
+    if (s.factor <= 1.0) return 1.0;
+    return std::sqrt(1 + std::log(s.factor) / std::log(static_cast<double>(s.original_max_position_embeddings)));
+  }
+  return 1.0;
+}
+
 struct RotaryTables {
-  torch::Tensor cos;  // [B, 1, T, D] in the model's dtype
-  torch::Tensor sin;  // [B, 1, T, D]
+  torch::Tensor cos;  // [B, 1, T, R] in the model's dtype (R = rotary dims), attention factor applied
+  torch::Tensor sin;  // [B, 1, T, R]
 };
 
-// cos/sin of position x inverse frequency, computed in float32: position_ids [B, T], inv_freq [D/2] -> [B,1,T,D].
+// cos/sin of position x inverse frequency, computed in float32: position_ids [B, T], inv_freq [R/2] -> [B,1,T,R].
 inline RotaryTables rotary_tables(const torch::Tensor& position_ids, const torch::Tensor& inv_freq,
-                                  torch::ScalarType dtype) {
-  const auto freqs = position_ids.to(torch::kFloat).unsqueeze(-1) * inv_freq.to(torch::kFloat);  // [B, T, D/2]
-  const auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);                                  // [B, 1, T, D]
-  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+                                  torch::ScalarType dtype, double attention_factor = 1.0) {
+  const auto freqs = position_ids.to(torch::kFloat).unsqueeze(-1) * inv_freq.to(torch::kFloat);  // [B, T, R/2]
+  const auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);                                  // [B, 1, T, R]
+  if (attention_factor == 1.0) return {emb.cos().to(dtype), emb.sin().to(dtype)};
+  return {(emb.cos() * attention_factor).to(dtype), (emb.sin() * attention_factor).to(dtype)};
 }
+
+// One rotary table source: a base, the rotated dims and rope_scaling. Static kinds compute their frequencies once;
+// "dynamic" and "longrope" choose them per call from the longest position of the batch (max(position_ids) + 1),
+// as transformers' dynamic_rope_update does on every forward.
+class RotaryEmbedding {
+ public:
+  RotaryEmbedding() = default;
+  RotaryEmbedding(double theta, std::int64_t dim, std::optional<io::RopeScaling> scaling, std::int64_t max_position_embeddings)
+      : theta_(theta), dim_(dim), scaling_(std::move(scaling)), max_positions_(max_position_embeddings) {
+    inv_freq_ = rotary_inverse_frequencies(theta_, dim_, scaling_);
+    attention_factor_ = rotary_attention_factor(scaling_);
+    if (is_longrope())
+      long_inv_freq_ = 1.0 / (torch::tensor(scaling_->long_factor, torch::kDouble).to(torch::kFloat) *
+                              torch::pow(theta_, torch::arange(0, dim_, 2, torch::kLong).to(torch::kFloat) / static_cast<double>(dim_)));
+  }
+
+  [[nodiscard]] bool is_longrope() const { return scaling_ && scaling_->type == "longrope"; }
+  [[nodiscard]] bool is_dynamic() const { return scaling_ && scaling_->type == "dynamic"; }
+  [[nodiscard]] std::int64_t dim() const { return dim_; }
+  [[nodiscard]] double attention_factor() const { return attention_factor_; }
+
+  // longrope: whether a call whose positions reach `length` (max position + 1) uses the long factors.
+  [[nodiscard]] bool uses_long_factors(std::int64_t length) const {
+    return is_longrope() && length > scaling_->original_max_position_embeddings;
+  }
+
+  // Tables for position_ids [B, T] -> [B, 1, T, dim]. `long_factors` forces longrope's set (nullopt: decided from
+  // the positions of this call).
+  RotaryTables tables(const torch::Tensor& position_ids, torch::ScalarType dtype, std::optional<bool> long_factors = std::nullopt) {
+    if (inv_freq_.device() != position_ids.device()) {
+      inv_freq_ = inv_freq_.to(position_ids.device());
+      if (long_inv_freq_.defined()) long_inv_freq_ = long_inv_freq_.to(position_ids.device());
+    }
+    if (is_longrope()) {
+      const bool use_long = long_factors ? *long_factors : uses_long_factors(max_length(position_ids));
+      return rotary_tables(position_ids, use_long ? long_inv_freq_ : inv_freq_, dtype, attention_factor_);
+    }
+    if (is_dynamic()) {
+      // NTK-aware: past max_position_embeddings the base grows with the sequence length.
+      const auto length = std::max(max_length(position_ids), max_positions_);
+      if (length > max_positions_) {
+        const double f = scaling_->factor;
+        const double d = static_cast<double>(dim_);
+        const double base = theta_ * std::pow(f * static_cast<double>(length) / static_cast<double>(max_positions_) - (f - 1), d / (d - 2));
+        const auto inv = rotary_inverse_frequencies(base, dim_, std::nullopt).to(position_ids.device());
+        return rotary_tables(position_ids, inv, dtype, attention_factor_);
+      }
+    }
+    return rotary_tables(position_ids, inv_freq_, dtype, attention_factor_);
+  }
+
+  // max(position_ids) + 1 (a host sync; only the length-dependent kinds ask).
+  static std::int64_t max_length(const torch::Tensor& position_ids) {
+    return position_ids.numel() == 0 ? 0 : position_ids.max().item<std::int64_t>() + 1;
+  }
+
+ private:
+  double theta_ = 10000.0;
+  std::int64_t dim_ = 0;
+  std::optional<io::RopeScaling> scaling_;
+  std::int64_t max_positions_ = 0;
+  torch::Tensor inv_freq_;       // [dim/2] float32 (longrope: short factors)
+  torch::Tensor long_inv_freq_;  // [dim/2] float32, longrope only
+  double attention_factor_ = 1.0;
+};
 
 // rotate_half(x) = cat(-x[D/2:], x[:D/2]); x [..., D] -> [..., D]
 inline torch::Tensor rotate_half(const torch::Tensor& x) {
@@ -164,9 +291,22 @@ inline torch::Tensor rotate_half(const torch::Tensor& x) {
   return torch::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
 }
 
-// x [B, heads, T, D] with tables [B, 1, T, D] -> [B, heads, T, D]
+// x [B, heads, T, D] with tables [B, 1, T, R], R <= D: the first R dims rotated, the rest passed through
+// (Phi3's partial rotary) -> [B, heads, T, D]
 inline torch::Tensor apply_rotary(const torch::Tensor& x, const RotaryTables& t) {
-  return x * t.cos + rotate_half(x) * t.sin;
+  const auto r = t.cos.size(-1);
+  if (r == x.size(-1)) return x * t.cos + rotate_half(x) * t.sin;
+  const auto rot = x.narrow(-1, 0, r);
+  return torch::cat({rot * t.cos + rotate_half(rot) * t.sin, x.narrow(-1, r, x.size(-1) - r)}, -1);
+}
+
+// The inverse of apply_rotary (cos and sin carry the same attention factor m, so R^-1 x = (x cos - rh(x) sin) / m^2).
+inline torch::Tensor unapply_rotary(const torch::Tensor& x, const RotaryTables& t, double attention_factor) {
+  const auto r = t.cos.size(-1);
+  const auto rot = x.narrow(-1, 0, r);
+  auto back = (rot * t.cos - rotate_half(rot) * t.sin) / (attention_factor * attention_factor);
+  if (r == x.size(-1)) return back;
+  return torch::cat({back, x.narrow(-1, r, x.size(-1) - r)}, -1);
 }
 
 }  // namespace xpo::models

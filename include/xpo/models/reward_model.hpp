@@ -1,5 +1,5 @@
-// xpo/models/reward_model.hpp — Qwen2ForSequenceClassification / LlamaForSequenceClassification: the decoder
-// stack plus a bias-free `score` head with num_labels outputs (1 for a reward model).
+// xpo/models/reward_model.hpp — …ForSequenceClassification of any supported family (Qwen2, Llama, Qwen3, …): the
+// decoder stack plus a bias-free `score` head with num_labels outputs (1 for a reward model).
 #pragma once
 
 #include <torch/torch.h>
