@@ -20,7 +20,8 @@ seed() {  # seed TARGET FILE... : copy fixture files into the target's corpus (p
     { printf "%s" "$prefix"; cat "$f"; } > "build-fuzz/corpus/$target/seed-$(basename "$(dirname "$f")")-$(basename "$f")"
   done
 }
-# chat templates: the fixtures' templates and xpo's simple one, one file each
+# chat templates: the fixtures' templates (tokenizer_config.json's and chat_template.jinja files, the real families
+# of realworld/ among them) and the hand-made ones of fuzz/seeds/chat_template (macros, call/filter blocks, formatting)
 mkdir -p build-fuzz/corpus/chat_template
 python3 - "$fixtures" build-fuzz/corpus/chat_template <<'PY'
 import json, sys, pathlib
@@ -28,7 +29,10 @@ root, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 for i, p in enumerate(sorted(root.glob("**/tokenizer_config.json"))):
     t = json.loads(p.read_text()).get("chat_template")
     if isinstance(t, str): (out / f"seed-{i}.jinja").write_text(t)
+for i, p in enumerate(sorted(root.glob("**/chat_template.jinja"))):
+    (out / f"seed-file-{i}.jinja").write_bytes(p.read_bytes())
 PY
+cp fuzz/seeds/chat_template/*.jinja build-fuzz/corpus/chat_template/
 seed tokenizer "0" "$fixtures/models/tiny-qwen2/tokenizer.json"
 # every fixture tokenizer.json (byte-level BPE, SentencePiece-style BPE, Unigram), shrunk under -max_len: the same
 # normalizer / pre-tokenizer / decoder / post-processor and added tokens, the first pieces of the vocabulary and the

@@ -1,6 +1,8 @@
 // Chat templates: every conversation of $XPO_FIXTURES_DIR/tokenizers/*/chat_cases.jsonl renders byte-identically
-// and encodes to the golden ids; the Jinja subset's semantics (whitespace control, loops, namespaces, filters,
-// tests, slicing) against Jinja2's documented behaviour; malformed and hostile templates; prompt preparation.
+// and encodes to the golden ids; every case of $XPO_FIXTURES_DIR/realworld/*/chat_cases.jsonl (real model families)
+// renders as Python's Jinja2 did or raises where it raised; the Jinja subset's semantics (whitespace control, loops,
+// namespaces, macros, call and filter blocks, formatting, Undefined, filters, tests, slicing) against Jinja2's
+// behaviour; malformed and hostile templates; messages of any shape; prompt preparation.
 #include <xpo/text/chat.hpp>
 
 #include <gtest/gtest.h>
@@ -361,6 +363,169 @@ TEST(JinjaErrors, StringsAndValuesAreBoundedAsTheyGrow) {
   const ordered_json vars{{"messages", {{{"role", "user"}, {"content", "Hi"}}, {{"role", "assistant"}, {"content", "Yo"}}}}};
   for (int i = 0; i < 3; ++i) EXPECT_EQ(t.render_json(vars), "<user>Hi<assistant>Yo");
   expect_template_error("{{ 'x' * 5000 }}", "max_value_bytes", 0, 0, ordered_json::object(), tight);
+}
+
+// ---- Jinja2 constructs of real chat templates (issue 19): each expectation is what Python's Jinja2 3.1 renders ----
+
+const ordered_json kVars = {{"xs", {1, 2, 3}}, {"d", {{"a", 1}, {"b", "x"}}}, {"s", "hello world"}, {"n", nullptr}};
+
+TEST(JinjaConstructs, Macros) {
+  EXPECT_EQ(render("{% macro m(a, b=2, c='x') %}{{ a }}-{{ b }}-{{ c }}{% endmacro %}{{ m(1) }}|{{ m(1, 3) }}|{{ m(1, c='y') }}|{{ m(b=5, a=0) }}", kVars), "1-2-x|1-3-x|1-2-y|0-5-x");
+  EXPECT_EQ(render("{% macro m(a) %}[{{ a }}]{% endmacro %}{{ m() }}", kVars), "[]");
+  EXPECT_EQ(render("{% macro m(a, b=a * 2) %}{{ b }}{% endmacro %}{{ m(4) }}", kVars), "8");
+  EXPECT_EQ(render("{% macro m() %}{{ varargs }}{{ kwargs }}{% endmacro %}{{ m(1, 2, k=3) }}", kVars), "(1, 2){'k': 3}");
+  EXPECT_EQ(render("{% macro f(n) %}{% if n > 0 %}{{ n }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(5) }}", kVars), "54321");
+  EXPECT_EQ(render("{% macro m() %}{% set x = 5 %}{{ x }}{% endmacro %}{% set x = 1 %}{{ m() }}{{ x }}", kVars), "51");
+  EXPECT_EQ(render("{% set g = 'top' %}{% macro m() %}{{ g }}{% endmacro %}{% for i in [1] %}{% set g = 'loop' %}{{ m() }}{% endfor %}", kVars), "top");
+  EXPECT_EQ(render("{% macro m(x) -%}\n  [{{ x }}]\n{%- endmacro %}\n{{ m(1) }}\n{{ m(2) }}", kVars), "[1]\n[2]");
+  EXPECT_EQ(render("{% macro m(x) %}{{ x }}{% endmacro %}{{ m }}", kVars), "<Macro 'm'>");
+}
+
+TEST(JinjaConstructs, CallBlocks) {
+  EXPECT_EQ(render("{% macro list(items) %}<ul>{% for i in items %}<li>{{ caller(i) }}</li>{% endfor %}</ul>{% endmacro %}{% call(x) list(xs) %}item {{ x }}{% endcall %}", kVars), "<ul><li>item 1</li><li>item 2</li><li>item 3</li></ul>");
+  EXPECT_EQ(render("{% macro wrap() %}<{{ caller() }}>{% endmacro %}{% set y = 'outer' %}{% call wrap() %}{{ y }}{% endcall %}", kVars), "<outer>");
+  EXPECT_EQ(render("{% macro m() %}{{ caller('a') }}{% endmacro %}{% call(x, y='z') m() %}{{ x }}{{ y }}{% endcall %}", kVars), "az");
+  EXPECT_EQ(render("{% macro m() %}{% for i in [1,2] %}{{ caller(i) }}{% endfor %}{% endmacro %}{% for o in ['A','B'] %}{% call(i) m() %}{{ o }}{{ i }}{{ loop.index }}{% endcall %}{% endfor %}", kVars), "A11A21B12B22");
+}
+
+TEST(JinjaConstructs, FilterBlocks) {
+  EXPECT_EQ(render("{% filter upper %}hello {{ s }}{% endfilter %}", kVars), "HELLO HELLO WORLD");
+  EXPECT_EQ(render("{% filter replace('l', 'L') | trim %}  hello  {% endfilter %}", kVars), "heLLo");
+  EXPECT_EQ(render("{% set x | upper %}abc{% endset %}{{ x }}", kVars), "ABC");
+  EXPECT_EQ(render("{% for x in xs %}{% filter center(5) %}a{{ x }}{% endfilter %}|{% endfor %}", kVars), "  a1 |  a2 |  a3 |");
+}
+
+TEST(JinjaConstructs, LoopHelpers) {
+  EXPECT_EQ(render("{% for x in xs %}{{ loop.cycle('odd', 'even') }} {% endfor %}", kVars), "odd even odd ");
+  EXPECT_EQ(render("{% for x in [1,1,2,2,3,1] %}{% if loop.changed(x) %}{{ x }}{% endif %}{% endfor %}", kVars), "1231");
+  EXPECT_EQ(render("{% for x in xs %}{{ loop.previtem }}/{{ loop.nextitem }} {% endfor %}", kVars), "/2 1/3 2/ ");
+  EXPECT_EQ(render("{% for x in xs if x > 1 %}{{ loop.index }}{{ loop.previtem }}{{ loop.depth }}{% endfor %}", kVars), "11221");
+}
+
+TEST(JinjaConstructs, Unpacking) {
+  EXPECT_EQ(render("{% set a, b = 1, 2 %}{{ a }}{{ b }}", kVars), "12");
+  EXPECT_EQ(render("{% set a, b = [3, 4] %}{{ a }}{{ b }}", kVars), "34");
+  EXPECT_EQ(render("{% set a, b = 'xy' %}{{ a }}{{ b }}", kVars), "xy");
+  EXPECT_EQ(render("{% for (a, b) in [[1, 2], [3, 4]] %}{{ a }}{{ b }};{% endfor %}", kVars), "12;34;");
+  EXPECT_EQ(render("{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}", kVars), "a=1;b=x;");
+  EXPECT_EQ(render("{{ (1, 2) }}|{{ (1,) }}|{{ () }}|{{ d.items()|list }}|{{ (1, 2) == [1, 2] }}|{{ (1, 2)[1:] }}", kVars), "(1, 2)|(1,)|()|[('a', 1), ('b', 'x')]|False|(2,)");
+}
+
+TEST(JinjaConstructs, Formatting) {
+  EXPECT_EQ(render("{{ '%s and %s' % (1, 'b') }}|{{ '%d%%' % 50 }}|{{ '%5.2f|%-4s|%04d' % (3.14159, 'ab', 42) }}", kVars), "1 and b|50%| 3.14|ab  |0042");
+  EXPECT_EQ(render("{{ '%s' % [1, 2] }}|{{ '%(a)s-%(b)s' % d }}|{{ '%x %X %o %#x' % (255, 255, 8, 255) }}", kVars), "[1, 2]|1-x|ff FF 10 0xff");
+  EXPECT_EQ(render("{{ '%.3s|%5s|%-5d|%+d|% d' % ('abcdef', 'x', 3, 4, 5) }}|{{ '%*d|%.*f' % (5, 1, 2, 3.14159) }}", kVars), "abc|    x|3    |+4| 5|    1|3.14");
+  EXPECT_EQ(render("{{ '{} {}'.format(1, 'a') }}|{{ '{1}{0}'.format('a', 'b') }}|{{ '{x}!'.format(x=5) }}|{{ '{:>6}|{:<4}|{:^7}'.format('ab', 'c', 'mid') }}", kVars), "1 a|ba|5!|    ab|c   |  mid  ");
+  EXPECT_EQ(render("{{ '{:.2f} {:+d} {:,} {:08.3f} {:x} {:#b} {:e}'.format(3.14159, 5, 1234567, -3.5, 255, 5, 12345.678) }}", kVars), "3.14 +5 1,234,567 -003.500 ff 0b101 1.234568e+04");
+  EXPECT_EQ(render("{{ '{0[a]} {0[b]}'.format(d) }}|{{ '{!r}'.format('q') }}|{{ '{{}}'.format() }}|{{ '{:*^9}'.format('x') }}|{{ '{:{w}.{p}f}'.format(3.14159, w=8, p=2) }}", kVars), "1 x|'q'|{}|****x****|    3.14");
+  EXPECT_EQ(render("{{ '{} {}'.format(*xs) }}|{{ '{a}'.format(**d) }}|{{ '{:>5}'.format(true) }}|{{ '{}'.format(1e20) }}", kVars), "1 2|1|    1|1e+20");
+  EXPECT_EQ(render("{{ '%s - %s'|format('a', 'b') }}|{{ '%(x)s'|format(x=1) }}", kVars), "a - b|1");
+}
+
+TEST(JinjaConstructs, Undefined) {
+  EXPECT_EQ(render("{{ 'a' in nothing }}|{{ 'a' not in nothing }}|{{ nothing }}|{{ nothing|length }}|{{ nothing|list }}", kVars), "False|True||0|[]");
+  EXPECT_EQ(render("{% for x in nothing %}x{% else %}empty{% endfor %}|{{ nothing|upper }}|{{ nothing|join(',') }}|{{ nothing|default('d') }}", kVars), "empty|||d");
+  EXPECT_EQ(render("{{ nothing is defined }}{{ nothing is iterable }}{{ nothing is sequence }}{{ nothing is string }}{{ nothing is none }}{{ nothing is mapping }}", kVars), "FalseTrueTrueFalseFalseFalse");
+  EXPECT_EQ(render("{{ nothing ~ 'x' }}|{{ not nothing }}|{{ nothing or 'y' }}|{{ d.missing is defined }}|{{ nothing == nothing }}", kVars), "x|True|y|False|True");
+}
+
+TEST(JinjaConstructs, StringFiltersTakeStr) {
+  EXPECT_EQ(render("{{ 42|upper }}|{{ 3.5|replace('.', ',') }}|{{ none|trim }}|{{ true|lower }}|{{ 12|capitalize }}|{{ [1,2]|upper }}", kVars), "42|3,5|None|true|12|[1, 2]");
+  EXPECT_EQ(render("{{ 'a1b1'|replace(1, 2) }}|{{ 123|title }}|{{ 15|wordcount }}|{{ 'hello wORLD-foo (bar)'|title }}|{{ \"they're\"|title }}", kVars), "a2b2|123|1|Hello World-Foo (Bar)|They're");
+  EXPECT_EQ(render("{{ 'abc'|center(9) }}|{{ 'ab'|center(5) }}|{{ 'hello world foo bar'|truncate(12) }}|{{ 'foo bar baz qux quux'|truncate(9, true) }}", kVars), "   abc   |  ab |hello...|foo ba...");
+  EXPECT_EQ(render("{{ 'ABC' is upper }}{{ 'abc' is lower }}{{ '123' is lower }}{{ 'aB'.islower() }}", kVars), "TrueTrueFalseFalse");
+}
+
+TEST(JinjaConstructs, TrailingNewline) {
+  EXPECT_EQ(render("a\nb\n", kVars), "a\nb");
+  EXPECT_EQ(render("a\r\nb\r\n", kVars), "a\nb");
+  EXPECT_EQ(render("x{% if true %}\ny{% endif %}\n\n", kVars), "xy");
+  EXPECT_EQ(render("{{ 'a' }}\n", kVars), "a");
+}
+
+// Jinja2 raises on each of these (a TypeError, an UndefinedError, ...): so does xpo, naming line and column.
+TEST(JinjaConstructs, ErrorsWhereJinja2Raises) {
+  for (const std::string source : {
+           "{% macro m(a) %}{{ a }}{% endmacro %}{{ m(1, 2) }}",  // TypeError: macro 'm' takes not more than 1 argument(s)
+           "{% macro m(a) %}{{ a }}{% endmacro %}{{ m(1, z=2) }}",  // TypeError: macro 'm' takes no keyword argument 'z'
+           "{% macro m(a, b) %}{{ a }}{{ b }}{% endmacro %}{{ m(1, a=2) }}",  // TypeError: macro 'm' takes no keyword argument 'a'
+           "{% set a, b = [1] %}",  // ValueError: not enough values to unpack (expected 2, got 1)
+           "{% for a, b in [[1, 2, 3]] %}{% endfor %}",  // ValueError: too many values to unpack (expected 2)
+           "{{ '%s %s' % (1,) }}",  // TypeError: not enough arguments for format string
+           "{{ '%s' % (1, 2) }}",  // TypeError: not all arguments converted during string formatting
+           "{{ 'abc' % 5 }}",  // TypeError: not all arguments converted during string formatting
+           "{{ '%d' % 'x' }}",  // TypeError: %d format: a real number is required, not str
+           "{{ '{}'.format() }}",  // IndexError: tuple index out of range
+           "{{ '{:d}'.format('x') }}",  // ValueError: Unknown format code 'd' for object of type 'str'
+           "{{ '{0}{}'.format(1, 2) }}",  // ValueError: cannot switch from manual field specification to automatic field number
+           "{{ nothing.attr }}",  // UndefinedError: 'nothing' is undefined
+           "{{ nothing['k'] }}",  // UndefinedError: 'nothing' is undefined
+           "{{ nothing + 1 }}",  // UndefinedError: 'nothing' is undefined
+           "{{ nothing() }}",  // UndefinedError: 'nothing' is undefined
+           "{{ nothing|int }}",  // UndefinedError: 'nothing' is undefined
+           "{{ nothing|tojson }}",  // TypeError: Object of type Undefined is not JSON serializable
+           "{{ 42|length }}",  // TypeError: object of type 'int' has no len()
+       }) {
+    EXPECT_THROW((void)render(source, kVars), TemplateError) << source;
+  }
+}
+
+
+// Macros calling macros are bounded in depth (a template cannot exhaust the stack) and in number (each call counts
+// as a loop iteration, so doubling recursion stops at the loop limit).
+TEST(JinjaConstructs, MacroRecursionIsBounded) {
+  expect_template_error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}\n{{ f(0) }}", "max_call_depth", 1, 20);
+  expect_template_error("{% macro f(n) %}{% if n < 40 %}{{ f(n + 1) }}{{ f(n + 1) }}{% endif %}{% endmacro %}{{ f(0) }}",
+                        "loop iteration");
+  xpo::text::jinja::Limits shallow;
+  shallow.max_call_depth = 3;
+  const std::string nest = "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{% endif %}.{% endmacro %}";
+  EXPECT_EQ(Template(nest + "{{ f(2) }}", {}, shallow).render_json(ordered_json::object()), "...");
+  expect_template_error(nest + "{{ f(3) }}", "max_call_depth", 0, 0, ordered_json::object(), shallow);
+  // an error inside a macro names the line and column in the macro
+  expect_template_error("{% macro m(x) %}\n  {{ x + 1 }}{% endmacro %}{{ m('a') }}", "unsupported operand", 2, 8);
+}
+
+// transformers passes messages of any shape: the template decides what it reads, and raises what it rejects.
+TEST(ChatTemplateMessages, AnyShapeToolsDocumentsAndClock) {
+  const ChatTemplate chat(
+      "{% for m in messages %}{{ m.role }}:{% if m.content is string %}{{ m.content }}{% elif m.content is mapping %}"
+      "{{ m.content|tojson }}{% elif m.content is none %}null{% elif m.content is defined %}{{ m.content|string }}"
+      "{% else %}-{% endif %}{% for c in m.tool_calls or [] %}[{{ c.function.name }}]{% endfor %};{% endfor %}"
+      "{% if tools %}tools={{ tools|map(attribute='name')|join(',') }};{% endif %}"
+      "{% if documents %}docs={{ documents|length }};{% endif %}{{ strftime_now('%Y-%m-%d %A') }}");
+  const ordered_json messages = ordered_json::parse(R"([
+      {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+      {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]},
+      {"role": "tool", "content": {"result": 2}},
+      {"role": "assistant", "content": null},
+      {"role": "user", "content": 7}])");
+  ChatOptions options;
+  options.tools = ordered_json::parse(R"([{"name": "f"}, {"name": "g"}])");
+  options.documents = ordered_json::parse(R"([{"text": "d1"}])");
+  std::tm day{};
+  day.tm_year = 2025 - 1900;
+  day.tm_mon = 7;
+  day.tm_mday = 5;
+  day.tm_wday = 2;
+  options.now = day;
+  EXPECT_EQ(chat.render(messages, xpo::text::SpecialTokens{}, options),
+            "user:[{'type': 'text', 'text': 'hi'}];assistant:-[f];tool:{\"result\": 2};assistant:null;user:7;"
+            "tools=f,g;docs=1;2025-08-05 Tuesday");
+  // a template variable of the same name wins over the option, as transformers' **kwargs would
+  options.template_kwargs = {{"tools", {{{"name", "h"}}}}};
+  EXPECT_NE(chat.render(messages, xpo::text::SpecialTokens{}, options).find("tools=h;"), std::string::npos);
+  // a template that needs a string content raises, with its line and column
+  const ChatTemplate strict("{% for m in messages %}\n{{ m.role + ': ' + m.content }}{% endfor %}");
+  try {
+    (void)strict.render(messages, xpo::text::SpecialTokens{});
+    ADD_FAILURE() << "no error";
+  } catch (const TemplateError& e) {
+    EXPECT_EQ(e.line(), 2) << e.what();
+  }
+  // still refused: a conversation that is not a list of objects
+  EXPECT_THROW((void)chat.render(ordered_json::array({1}), xpo::text::SpecialTokens{}), xpo::ConfigError);
+  EXPECT_THROW((void)chat.render(ordered_json::array(), xpo::text::SpecialTokens{}), xpo::ConfigError);
 }
 
 // ---- prompt preparation --------------------------------------------------------------------------------------

@@ -173,7 +173,6 @@ inline std::string format_value(const Value& v, std::string_view spec_text, std:
   }
   char type = f.type;
   if (integral && (type == 0 || type == 'd' || type == 'n' || type == 'x' || type == 'X' || type == 'o' || type == 'b' || type == 'c')) {
-    if (v.is_bool() && type == 0 && !f.precision) return pad_formatted(to_string(v), 0, f, '<', max_bytes);
     if (f.precision) throw Error("precision not allowed in integer format specifier");
     const std::int64_t i = v.as_int();
     if (type == 'c') {

@@ -285,6 +285,7 @@ struct Expr {
   std::string name;      // variable / attribute / filter / test name, or the operator
   std::vector<ExprPtr> children;  // operands, elements (dict: key, value, key, value...), call args
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
+  ExprPtr star_args, star_kwargs;  // call: f(*list, **dict)
   bool negated = false;  // `is not`
   std::vector<bool> has_slice_part;  // slice: which of start/stop/step were given
 };
@@ -780,7 +781,14 @@ class Parser {
   void parse_call_args(Expr& e) {
     expect_op("(");
     while (!is_op(")")) {
-      if (peek().type == Tok::name && is_op("=", 1)) {
+      if (is_op("*") || is_op("**")) {  // f(*items) / f(**mapping), after the other arguments as in Jinja2
+        const bool mapping = next().text == "**";
+        ExprPtr& slot = mapping ? e.star_kwargs : e.star_args;
+        if (slot) fail(std::string("only one ") + (mapping ? "'**'" : "'*'") + " argument is allowed");
+        slot = parse_conditional();
+      } else if (e.star_args || e.star_kwargs) {
+        fail("an argument after '*' or '**' arguments");
+      } else if (peek().type == Tok::name && is_op("=", 1)) {
         std::string key = next().text;
         next();
         e.kwargs.emplace_back(std::move(key), parse_conditional());

@@ -278,7 +278,7 @@ enum class Flow { normal, break_, continue_ };
 class Renderer {
  public:
   Renderer(const Limits& limits, const Dict& variables, std::optional<std::tm> now = std::nullopt)
-      : limits_(limits), comparison_steps_left_(limits.max_comparison_steps), now_(now) {
+      : limits_(limits), now_(now), comparison_steps_left_(limits.max_comparison_steps) {
     scopes_.push_back({{}, kNoScope});
     for (const auto& [k, v] : variables.items) vars()[k] = v;
   }
@@ -489,7 +489,7 @@ class Renderer {
       std::string text;
       (void)capture(m.body, text);
       return Value(std::move(text));
-    }}));
+    }, /*is_macro=*/true}));
   }
 
   std::vector<Value> iterate(const Value& v, int line, int column) {
@@ -715,6 +715,15 @@ class Renderer {
     Arguments a;
     for (std::size_t k = first; k < e.children.size(); ++k) a.positional.push_back(eval(*e.children[k]));
     for (const auto& [name, x] : e.kwargs) a.keyword.emplace_back(name, eval(*x));
+    if (e.star_args) {
+      const Value items = eval(*e.star_args);
+      for (auto& item : iterate(items, e.line, e.column)) a.positional.push_back(std::move(item));
+    }
+    if (e.star_kwargs) {
+      const Value mapping = eval(*e.star_kwargs);
+      if (!mapping.is_dict()) fail("argument after ** must be a mapping, not " + std::string(type_name(mapping)), e);
+      for (const auto& [k, x] : mapping.dict().items) a.keyword.emplace_back(k, x);
+    }
     return a;
   }
 
@@ -1277,6 +1286,9 @@ class Renderer {
         if ((f == "min") == less && !same(x, best)) best = x;
       }
       return best;
+    }
+    if ((f == "int" || f == "float") && v.is_undefined()) {  // int(Undefined) raises in Jinja2
+      throw Error("'" + std::get<Undefined>(v.v).name + "' is undefined");
     }
     if (f == "int") {
       if (v.is_int()) return v.as_int();

@@ -227,8 +227,11 @@ struct Arguments {
 };
 
 struct Function {
+  Function(std::string function_name, std::function<Value(const Arguments&)> body, bool macro = false)
+      : name(std::move(function_name)), call(std::move(body)), is_macro(macro) {}
   std::string name;
   std::function<Value(const Arguments&)> call;
+  bool is_macro;  // a template's {% macro %}: printed as Jinja2 prints it
 };
 
 [[nodiscard]] inline bool truthy(const Value& x) {
@@ -341,7 +344,7 @@ inline void append_text(const Value& x, bool quoted, std::string& out, std::size
           }
           out += a->is_namespace ? "}>" : "}";
         } else {
-          out += "<built-in function " + a->name + ">";
+          out += a->is_macro ? "<Macro '" + a->name + "'>" : "<built-in function " + a->name + ">";
         }
       },
       x.v);
