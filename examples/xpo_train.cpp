@@ -7,6 +7,7 @@
 // byte-level tokenizer produced on the spot, a shipped prompt set and the `positivity` rule, and reports the mean
 // score on held-out prompts before and after training.
 #include <xpo/xpo.hpp>
+#include <xpo/scoring/pair_rm.hpp>
 
 #include <cerrno>
 #include <csignal>
@@ -34,6 +35,8 @@ struct ScriptArgs {
   std::string model_name_or_path;
   std::string reward_model_path;
   std::string judge;
+  std::string judge_model_path;      // --judge pair_rm: the llm-blender/PairRM (or PairRM-hf) folder
+  std::string judge_dtype = "float32";  // the PairRM judge's own dtype
   std::string reward_rule;
   std::string dataset_name;
   std::string eval_dataset;
@@ -62,6 +65,42 @@ struct ScriptArgs {
             .max_chat_template_bytes = static_cast<std::size_t>(max_chat_template_bytes)};
   }
 };
+
+// The PairRM folder the run judges with (TRL's PairRMJudge): --judge pair_rm --judge_model_path DIR, or --judge DIR
+// when DIR holds a PairRM checkpoint; empty otherwise.
+fs::path pair_rm_folder(const ScriptArgs& a) {
+  if (a.judge == "pair_rm") return a.judge_model_path;
+  if (!a.judge.empty() && xpo::scoring::is_pair_rm_folder(a.judge)) return a.judge;
+  return {};
+}
+
+torch::ScalarType judge_dtype(const ScriptArgs& a) {
+  if (a.judge_dtype == "bfloat16") return torch::kBFloat16;
+  if (a.judge_dtype == "float16") return torch::kHalf;
+  return torch::kFloat;
+}
+
+// The PairRM flags: the folder exists and is a PairRM checkpoint (no download: say where to get it), the dtype.
+void check_pair_rm(const ScriptArgs& a, const xpo::XPOConfig& c, std::vector<std::string>& p) {
+  const std::string get = "download llm-blender/PairRM on a machine with network (`huggingface-cli download "
+                          "llm-blender/PairRM --local-dir DIR`) and copy DIR here; xpo does not download";
+  if (a.judge == "pair_rm") {
+    if (a.judge_model_path.empty()) p.push_back("--judge pair_rm needs --judge_model_path DIR, the PairRM folder: " + get);
+    else if (!fs::is_directory(a.judge_model_path)) p.push_back("--judge_model_path " + a.judge_model_path + ": no such folder; " + get);
+    else if (!xpo::scoring::is_pair_rm_folder(a.judge_model_path))
+      p.push_back("--judge_model_path " + a.judge_model_path + ": not a PairRM folder (no ranker_config.json, and "
+                  "config.json is neither llm-blender's RankerConfig nor DebertaV2PairRM's)");
+  } else if (!a.judge_model_path.empty()) {
+    p.push_back("--judge_model_path is read only with --judge pair_rm");
+  }
+  if (a.judge_dtype != "float32" && a.judge_dtype != "bfloat16" && a.judge_dtype != "float16")
+    p.push_back("--judge_dtype " + a.judge_dtype + ": must be float32, bfloat16 or float16");
+  else if (a.judge_dtype == "float16" && c.device.rfind("cuda", 0) != 0)
+    p.push_back("--judge_dtype float16 needs --device cuda (LibTorch's CPU kernels lack float16 matmul); use float32 "
+                "or bfloat16 on the CPU");
+  if (a.judge_dtype != "float32" && pair_rm_folder(a).empty())
+    p.push_back("--judge_dtype has an effect only with the PairRM judge (--judge pair_rm)");
+}
 
 // The embedded default's run: what the quick start trains with unless a flag says otherwise.
 void apply_embedded_defaults(ScriptArgs& args, xpo::XPOConfig& c) {
@@ -154,9 +193,10 @@ std::vector<std::string> check(const ScriptArgs& a, const xpo::XPOConfig& c, boo
   }
   if (!a.dataset_name.empty() && !fs::exists(a.dataset_name)) p.push_back("--dataset_name " + a.dataset_name + ": no such file or folder");
   need_dir("reward_model_path", a.reward_model_path, true);
+  check_pair_rm(a, c, p);
   if (!a.judge.empty() && fs::is_directory(a.judge)) {
     need_dir("judge", a.judge, true);
-  } else if (!a.judge.empty()) {
+  } else if (!a.judge.empty() && a.judge != "pair_rm") {
     try {
       (void)xpo::scoring::rules::rule(a.judge);
     } catch (const xpo::ConfigError& e) {
@@ -426,7 +466,10 @@ int main_impl(int argc, char** argv) {
                         "shipped prompts, the positivity rule), whose defaults are shown below.");
   flags.add("model_name_or_path", args.model_name_or_path, "policy: a local Hugging Face folder (config.json, model.safetensors, tokenizer.json); empty = the embedded default");
   flags.add("reward_model_path", args.reward_model_path, "a sequence-classification reward model folder (scores both samples)");
-  flags.add("judge", args.judge, "pairwise judge: a reward-model folder used as a judge, or a built-in rule (positivity, concise)");
+  flags.add("judge", args.judge, "pairwise judge: pair_rm (llm-blender's PairRM, TRL's PairRMJudge; with --judge_model_path), a "
+                                 "PairRM or reward-model folder, or a built-in rule (positivity, concise)");
+  flags.add("judge_model_path", args.judge_model_path, "--judge pair_rm: the llm-blender/PairRM or PairRM-hf folder (no download)");
+  flags.add("judge_dtype", args.judge_dtype, "the PairRM judge's dtype: float32, bfloat16 or float16 (CUDA; as llm-blender runs it on GPU)");
   flags.add("reward_rule", args.reward_rule, "a built-in rule used as the reward: positivity or concise");
   flags.add("dataset_name", args.dataset_name, "prompt set: a JSONL file or a folder of *.jsonl with a \"prompt\" column");
   flags.add("eval_dataset", args.eval_dataset, "held-out prompts (JSONL file or folder)");
@@ -514,6 +557,14 @@ int main_impl(int argc, char** argv) {
   if (!args.reward_model_path.empty()) {
     xpo::scoring::RewardModelScorer scorer(load_rm(args.reward_model_path), own_tokenizer(args.reward_model_path, model_path, args.tokenizer_limits()));
     return dispatch_loss(std::move(policy), std::move(scorer), std::move(tokenizer), config, std::move(train), std::move(eval), args);
+  }
+  if (const auto pair_rm = pair_rm_folder(args); !pair_rm.empty()) {
+    // Batched (8 prompts per forward, as TRL), under inference mode, in --judge_dtype on the training device.
+    auto judge = xpo::scoring::load_pair_rm_judge(pair_rm, {.device = xpo::torch_device(config), .dtype = judge_dtype(args)});
+    if (g_world.is_main())
+      std::fprintf(stderr, "xpo-train: judging with PairRM from %s (%s, %lld prompts per forward)\n", pair_rm.string().c_str(),
+                   args.judge_dtype.c_str(), static_cast<long long>(judge.options().batch_size));
+    return dispatch_loss(std::move(policy), std::move(judge), std::move(tokenizer), config, std::move(train), std::move(eval), args);
   }
   if (!args.judge.empty() && fs::is_directory(args.judge)) {
     auto judge_tokenizer = own_tokenizer(args.judge, model_path, args.tokenizer_limits());
