@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -176,9 +177,43 @@ struct SaveNotes {
   fs::path last;
 };
 
+// Settings that cannot all take effect: each pair the user gave both of (on the command line or in --config) is
+// refused with a message, never silently resolved (TRL refuses missing_eos_penalty with a judge the same way).
+void check_conflicts(const ScriptArgs& a, const xpo::XPOConfig& c, const xpo::FlagParser& flags, bool embedded,
+                     std::vector<std::string>& p) {
+  const auto given = [&](const char* name) { return flags.given(name); };
+  const int scorers = given("reward_model_path") + given("judge") + given("reward_rule");
+  if (embedded && scorers > 1) p.push_back("give only one of --reward_model_path, --judge and --reward_rule");
+  if (given("missing_eos_penalty") && c.missing_eos_penalty && !a.judge.empty())
+    p.push_back("--missing_eos_penalty has no effect with --judge (a pairwise judge gives no scores to lower); drop one "
+                "(TRL refuses this pair too)");
+  for (const char* lora : {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"})
+    if (given(lora) && !a.use_peft) p.push_back(std::string("--") + lora + " has no effect without --use_peft");
+  if (given("warmup_steps") && given("warmup_ratio") && c.warmup_steps > 0 && c.warmup_ratio > 0)
+    p.push_back("give --warmup_steps or --warmup_ratio, not both (warmup_steps would override warmup_ratio)");
+  if (c.lr_scheduler_type == "constant" && ((given("warmup_steps") && c.warmup_steps > 0) || (given("warmup_ratio") && c.warmup_ratio > 0)))
+    p.push_back("--lr_scheduler_type constant has no warm-up, so --warmup_steps/--warmup_ratio would be ignored; use "
+                "constant_with_warmup");
+  if (given("max_steps") && given("num_train_epochs") && c.max_steps > 0)
+    p.push_back("give --max_steps or --num_train_epochs, not both (max_steps would override num_train_epochs)");
+  if (a.bf16 && given("dtype") && c.dtype != "bfloat16")
+    p.push_back("--bf16 conflicts with --dtype " + c.dtype + "; give one");
+  if (c.temperature == 0)
+    for (const char* sampling : {"top_k", "top_p", "min_p"})
+      if (given(sampling)) p.push_back(std::string("--") + sampling + " has no effect with --temperature 0 (greedy decoding)");
+  if (!embedded && a.eval_dataset.empty() && a.eval_fraction == 0)
+    for (const char* eval : {"num_eval_samples", "log_completions_steps", "per_device_eval_batch_size"})
+      if (given(eval)) p.push_back(std::string("--") + eval + " has no effect without held-out prompts (--eval_dataset or --eval_fraction)");
+  if (given("nproc") && a.nproc > 1)
+    if (const char* world = std::getenv("WORLD_SIZE"); world != nullptr && std::to_string(a.nproc) != world)
+      p.push_back("--nproc " + std::to_string(a.nproc) + " conflicts with the launcher's WORLD_SIZE=" + world +
+                  " (under torchrun the launcher decides the number of processes)");
+}
+
 // Every problem with the script flags, found without loading anything.
-std::vector<std::string> check(const ScriptArgs& a, const xpo::XPOConfig& c, bool embedded) {
+std::vector<std::string> check(const ScriptArgs& a, const xpo::XPOConfig& c, const xpo::FlagParser& flags, bool embedded) {
   std::vector<std::string> p;
+  check_conflicts(a, c, flags, embedded, p);
   const auto need_dir = [&](const std::string& flag, const std::string& path, bool model) {
     if (path.empty()) return;
     if (!fs::is_directory(path)) p.push_back("--" + flag + " " + path + ": no such folder");
@@ -364,17 +399,6 @@ int dispatch_loss(xpo::models::CausalLM policy, Scorer scorer, xpo::text::Tokeni
   return build_and_run<Scorer, XPO<Sigmoid>>(std::move(policy), std::move(scorer), std::move(tokenizer), config, std::move(train), std::move(eval), args);
 }
 
-// The reward model and, when its tokenizer differs from the policy's, that tokenizer (re-tokenised scoring).
-std::optional<xpo::text::Tokenizer> own_tokenizer(const fs::path& reward_model, const fs::path& policy,
-                                                  const xpo::text::TokenizerLimits& limits) {
-  if (!fs::exists(reward_model / "tokenizer.json")) return std::nullopt;
-  if (fs::exists(policy / "tokenizer.json") &&
-      xpo::read_text_file(reward_model / "tokenizer.json", limits.max_file_bytes) ==
-          xpo::read_text_file(policy / "tokenizer.json", limits.max_file_bytes))
-    return std::nullopt;
-  return xpo::text::Tokenizer::from_pretrained(reward_model, limits);
-}
-
 // --nproc N without a launcher: runs this same command as N local processes (ranks 0..N-1, RANK/WORLD_SIZE/
 // LOCAL_RANK/MASTER_ADDR/MASTER_PORT set as torchrun would) and waits for them. Ctrl-C is forwarded. When a rank
 // fails, the launcher names it and stops the others; its exit status is the first failure's (130 after Ctrl-C).
@@ -485,7 +509,7 @@ int main_impl(int argc, char** argv) {
   flags.add("resume_from_checkpoint", args.resume_from_checkpoint, "\"latest\" or a checkpoint folder of this output_dir");
   flags.add("report_to", args.report_to, "where metrics go: jsonl (metrics.jsonl), tensorboard (runs/), all, none");
   flags.add("bf16", args.bf16, "train in bfloat16 (same as --dtype bfloat16)");
-  flags.add("nproc", args.nproc, "train data-parallel in N local processes (CPU: Gloo); ignored under a launcher that sets WORLD_SIZE");
+  flags.add("nproc", args.nproc, "train data-parallel in N local processes (CPU: Gloo); under a launcher (WORLD_SIZE set) it must match WORLD_SIZE");
   flags.add("dist_timeout", args.dist_timeout, "seconds a rank waits for the others (joining, each collective) before failing");
   flags.add("max_dataset_line_bytes", args.max_dataset_line_bytes, "refuse a JSONL line longer than this");
   flags.add("max_tokenizer_file_bytes", args.max_tokenizer_file_bytes, "refuse a tokenizer file (tokenizer.json, ...) larger than this");
@@ -499,12 +523,15 @@ int main_impl(int argc, char** argv) {
     std::fprintf(stderr, "(xpo-train --help lists every flag)\n");
     return 2;
   }
-  if (args.bf16) config.dtype = "bfloat16";
-  if (const auto problems = check(args, config, embedded); !problems.empty()) {
+  if (embedded && (flags.given("judge") || flags.given("reward_model_path"))) args.reward_rule.clear();  // the user's scorer
+  // The embedded default's penalty is a default, not the user's: a judge the user chose runs without it.
+  if (!args.judge.empty() && !flags.given("missing_eos_penalty")) config.missing_eos_penalty.reset();
+  if (const auto problems = check(args, config, flags, embedded); !problems.empty()) {
     std::fprintf(stderr, "xpo-train: %zu problem%s:\n", problems.size(), problems.size() == 1 ? "" : "s");
     for (const auto& p : problems) std::fprintf(stderr, "  %s\n", p.c_str());
     return 2;
   }
+  if (args.bf16) config.dtype = "bfloat16";  // after the checks: --bf16 with another --dtype is refused there
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
 
@@ -555,7 +582,16 @@ int main_impl(int argc, char** argv) {
   }
   const auto load_rm = [&](const fs::path& p) { return xpo::models::load_reward_model(p, xpo::torch_device(config), xpo::torch_dtype(config)); };
   if (!args.reward_model_path.empty()) {
-    xpo::scoring::RewardModelScorer scorer(load_rm(args.reward_model_path), own_tokenizer(args.reward_model_path, model_path, args.tokenizer_limits()));
+    auto rm_tokenizer = xpo::scoring::reward_tokenizer(args.reward_model_path, model_path, args.tokenizer_limits());
+    if (g_world.is_main()) {
+      if (rm_tokenizer)
+        std::fprintf(stderr, "xpo-train: the reward model has its own tokenizer: each prompt + completion is re-rendered "
+                             "(conversations through its chat template) and re-tokenised for it\n");
+      else
+        std::fprintf(stderr, "xpo-train: the reward model shares the policy's tokenizer: it scores the policy's ids, "
+                             "read at each completion's last real token\n");
+    }
+    xpo::scoring::RewardModelScorer scorer(load_rm(args.reward_model_path), std::move(rm_tokenizer));
     return dispatch_loss(std::move(policy), std::move(scorer), std::move(tokenizer), config, std::move(train), std::move(eval), args);
   }
   if (const auto pair_rm = pair_rm_folder(args); !pair_rm.empty()) {
@@ -567,7 +603,7 @@ int main_impl(int argc, char** argv) {
     return dispatch_loss(std::move(policy), std::move(judge), std::move(tokenizer), config, std::move(train), std::move(eval), args);
   }
   if (!args.judge.empty() && fs::is_directory(args.judge)) {
-    auto judge_tokenizer = own_tokenizer(args.judge, model_path, args.tokenizer_limits());
+    auto judge_tokenizer = xpo::scoring::reward_tokenizer(args.judge, model_path, args.tokenizer_limits());
     xpo::scoring::RewardModelJudge judge(load_rm(args.judge), judge_tokenizer ? *judge_tokenizer : tokenizer);
     return dispatch_loss(std::move(policy), std::move(judge), std::move(tokenizer), config, std::move(train), std::move(eval), args);
   }

@@ -51,6 +51,7 @@
 #include "xpo/text/jinja/value.hpp"
 #include "xpo/text/regex.hpp"
 #include "xpo/text/tokenizer.hpp"
+#include "xpo/text/tokenizer_identity.hpp"
 #include "xpo/text/unicode.hpp"
 #include "xpo/training/callbacks.hpp"
 #include "xpo/training/state.hpp"

@@ -62,6 +62,11 @@ class CliTest : public xpo::test::ScratchDir {
   static void set_flag(std::vector<std::string>& args, const std::string& flag, const std::string& value) {
     args.at(static_cast<std::size_t>(std::find(args.begin(), args.end(), flag) - args.begin()) + 1) = value;
   }
+  // Removes `flag` and its value from `args`.
+  static void drop_flag(std::vector<std::string>& args, const std::string& flag) {
+    const auto it = std::find(args.begin(), args.end(), flag);
+    if (it != args.end()) args.erase(it, it + 2);
+  }
   static std::vector<json> metrics(const fs::path& out) { return xpo::test::read_jsonl(out / "metrics.jsonl"); }
   // For the fault tests: a run over `--nproc 2` ranks that would go on for ever (one prompt per rank and step).
   std::vector<std::string> endless_two_rank_run(const fs::path& out, const std::string& dist_timeout) {
@@ -131,6 +136,7 @@ TEST_F(CliTest, RewardModelRunWritesMetricsTensorBoardAndALoadableModel) {
 TEST_F(CliTest, JudgeWithConversationalPromptsAndLoRA) {
   const auto out = dir_ / "judge";
   auto args = tiny_run(write_prompts("chat.jsonl", 6, true), out);
+  drop_flag(args, "--missing_eos_penalty");  // a judge gives no scores to lower: the pair is refused
   args.insert(args.end(), {"--judge", tiny_reward_model(), "--use_peft", "--lora_r", "2", "--lora_alpha", "4",
                            "--lora_target_modules", "q_proj,v_proj", "--report_to", "jsonl"});
   const auto r = train(args);
@@ -152,12 +158,231 @@ TEST_F(CliTest, JudgeWithConversationalPromptsAndLoRA) {
 TEST_F(CliTest, RuleJudgeWithIpoAndNoReports) {
   const auto out = dir_ / "rule";
   auto args = tiny_run(write_prompts("p.jsonl", 4, false), out);
+  drop_flag(args, "--missing_eos_penalty");
   args.insert(args.end(), {"--judge", "concise", "--loss_type", "ipo", "--report_to", "none", "--beta", "0.5"});
   const auto r = train(args);
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_FALSE(fs::exists(out / "metrics.jsonl"));
   EXPECT_FALSE(fs::exists(out / "runs"));
   EXPECT_TRUE(fs::exists(out / "config.json"));
+}
+
+// ---- faults real runs hit (issue 17): each recipe as a user meets it ----------------------------------------------
+
+// A copy of a fixture folder that the test may change (the fixtures themselves are never edited).
+fs::path copy_fixture(const std::string& relative, const fs::path& to) {
+  fs::copy(xpo::test::fixture_path(relative), to, fs::copy_options::recursive);
+  return to;
+}
+
+void write_json_to(const fs::path& file, const ordered_json& j, int indent = -1) {
+  std::ofstream(file) << j.dump(indent) << "\n";
+}
+
+// Prompts of different lengths (so batches are left-padded), standard or conversational.
+std::string write_varied_prompts(const fs::path& file, std::size_t n, bool conversational) {
+  std::ofstream out(file);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::string text = "prompt " + std::to_string(i);
+    for (std::size_t k = 0; k < (i * 7) % 11; ++k) text += " and more words";
+    ordered_json row;
+    if (conversational) row["prompt"] = ordered_json::array({{{"role", "user"}, {"content", text}}});
+    else row["prompt"] = text;
+    out << row.dump() << "\n";
+  }
+  return file.string();
+}
+
+// 1. pad = eos in the policy, pad 0 in the reward model: a completion's held-out score must not depend on the
+// evaluation batch size (greedy, so the completions are the same), and a reward model without pad_token_id runs.
+TEST_F(CliTest, RewardModelScoreDoesNotDependOnTheBatchWhenPadIdsDisagree) {
+  const auto policy = copy_fixture("models/tiny-qwen2", dir_ / "policy");
+  auto tokenizer_config = xpo::test::read_json(policy / "tokenizer_config.json");
+  tokenizer_config.erase("pad_token");  // pad = eos, as for Llama 3 and many base models
+  write_json_to(policy / "tokenizer_config.json", tokenizer_config);
+  const auto prompts = write_varied_prompts(dir_ / "p.jsonl", 8, false);
+  const auto eval = write_varied_prompts(dir_ / "eval.jsonl", 8, false);
+  std::map<std::string, double> before;
+  for (const std::string batch : {"1", "8"}) {
+    const auto out = dir_ / ("eval-batch-" + batch);
+    const auto r = train({"--model_name_or_path", policy.string(), "--dataset_name", prompts, "--eval_dataset", eval,
+                          "--output_dir", out.string(), "--reward_model_path", tiny_reward_model(), "--temperature", "0",
+                          "--max_steps", "1", "--per_device_train_batch_size", "4", "--max_new_tokens", "8",
+                          "--num_eval_samples", "1", "--per_device_eval_batch_size", batch, "--report_to", "none",
+                          "--save_steps", "100"});
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_CONTAINS(r.err, "shares the policy's tokenizer");
+    before[batch] = xpo::read_json_file(out / "eval_results.json", 1 << 20).at("before").get<double>();
+  }
+  EXPECT_NEAR(before["1"], before["8"], 1e-5 * (1 + std::abs(before["8"]))) << "the same greedy completions";
+
+  const auto rm = copy_fixture("models/tiny-qwen2-rm", dir_ / "rm-without-pad");
+  auto rm_config = xpo::test::read_json(rm / "config.json");
+  rm_config.erase("pad_token_id");
+  write_json_to(rm / "config.json", rm_config);
+  const auto r = train({"--model_name_or_path", policy.string(), "--dataset_name", prompts, "--output_dir",
+                        (dir_ / "no-pad").string(), "--reward_model_path", rm.string(), "--max_steps", "1",
+                        "--per_device_train_batch_size", "4", "--max_new_tokens", "6", "--report_to", "jsonl"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(std::isfinite(metrics(dir_ / "no-pad").at(0).at("objective/model_scores").get<double>()));
+}
+
+// 2. A reward-model folder whose tokenizer.json is the policy's, re-saved with indentation, is the same tokenizer:
+// the same scores as the original folder, on the shared-ids path.
+TEST_F(CliTest, ReindentedRewardTokenizerIsTheSameTokenizer) {
+  const auto rm = copy_fixture("models/tiny-qwen2-rm", dir_ / "rm-indented");
+  write_json_to(rm / "tokenizer.json", xpo::test::read_json(rm / "tokenizer.json"), 2);
+  const auto prompts = write_varied_prompts(dir_ / "chat.jsonl", 4, true);
+  std::map<std::string, double> scores;
+  for (const auto& [name, folder] : {std::pair<std::string, std::string>{"original", tiny_reward_model()}, {"indented", rm.string()}}) {
+    const auto out = dir_ / name;
+    const auto r = train({"--model_name_or_path", tiny_policy(), "--dataset_name", prompts, "--output_dir", out.string(),
+                          "--reward_model_path", folder, "--temperature", "0", "--max_steps", "1",
+                          "--per_device_train_batch_size", "4", "--max_new_tokens", "6", "--report_to", "jsonl"});
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_CONTAINS(r.err, "shares the policy's tokenizer");
+    scores[name] = metrics(out).at(0).at("objective/model_scores").get<double>();
+  }
+  EXPECT_NEAR(scores["original"], scores["indented"], 1e-6 * (1 + std::abs(scores["original"])));
+}
+
+// 3. generation_config.json (an eos_token_id list, sampling defaults) reaches every checkpoint and the output
+// folder unchanged, and xpo-chat on the output still stops at both ids.
+TEST_F(CliTest, SavingKeepsTheGenerationConfig) {
+  const auto policy = copy_fixture("models/tiny-qwen2", dir_ / "policy");
+  auto generation = xpo::test::read_json(policy / "generation_config.json");
+  generation["eos_token_id"] = json::array({2, 0});
+  generation["top_k"] = 7;
+  generation["repetition_penalty"] = 1.05;
+  write_json_to(policy / "generation_config.json", generation);
+  const auto out = dir_ / "out";
+  auto args = tiny_run(write_prompts("p.jsonl", 4, false), out);
+  set_flag(args, "--model_name_or_path", policy.string());
+  set_flag(args, "--save_steps", "1");
+  args.insert(args.end(), {"--reward_rule", "positivity", "--report_to", "none"});
+  const auto r = train(args);
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (const auto& folder : {out, out / "checkpoint-1", out / "checkpoint-2"}) {
+    ASSERT_TRUE(fs::exists(folder / "generation_config.json")) << folder;
+    EXPECT_EQ(xpo::test::read_json(folder / "generation_config.json"), generation) << folder;
+  }
+  EXPECT_EQ(xpo::text::Tokenizer::from_pretrained(out).special_tokens().generation_eos_ids, (std::vector<std::int64_t>{2, 0}));
+}
+
+// 4. An output_dir holding an earlier sharded save: the new single file wins, and the stale shards and index go.
+TEST_F(CliTest, AStaleShardedIndexDoesNotWinOverTheNewModel) {
+  const auto out = dir_ / "out";
+  fs::create_directories(out);
+  auto old = xpo::models::load_causal_lm(tiny_policy());
+  std::vector<std::pair<std::string, torch::Tensor>> first, second;
+  ordered_json weight_map = ordered_json::object();
+  std::size_t i = 0;
+  for (const auto& p : old->named_parameters()) {
+    const bool in_first = i++ % 2 == 0;
+    (in_first ? first : second).emplace_back(p.key(), p.value().detach() + 1.0);  // other weights
+    weight_map[p.key()] = in_first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+  }
+  xpo::io::save_safetensors(out / "model-00001-of-00002.safetensors", first);
+  xpo::io::save_safetensors(out / "model-00002-of-00002.safetensors", second);
+  write_json_to(out / "model.safetensors.index.json", {{"metadata", ordered_json::object()}, {"weight_map", weight_map}});
+  auto args = tiny_run(write_prompts("p.jsonl", 4, false), out);
+  set_flag(args, "--save_steps", "100");
+  args.insert(args.end(), {"--reward_rule", "positivity", "--report_to", "none"});
+  const auto r = train(args);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_FALSE(fs::exists(out / "model.safetensors.index.json"));
+  EXPECT_FALSE(fs::exists(out / "model-00001-of-00002.safetensors"));
+  EXPECT_FALSE(fs::exists(out / "model-00002-of-00002.safetensors"));
+  const auto loaded = xpo::models::load_causal_lm(out);
+  const auto file = xpo::io::SafetensorsFile::open(out / "model.safetensors");
+  for (const auto& p : loaded->named_parameters()) {
+    if (!file.contains(p.key())) continue;  // a tied lm_head
+    EXPECT_TRUE(torch::equal(p.value(), file.load(p.key()).to(p.value().scalar_type()))) << p.key();
+  }
+}
+
+// 5. A reused output_dir: a new run refuses another run's checkpoints; with --overwrite_output_dir it trains beside
+// them and rotation keeps its own newest checkpoint and never touches theirs; resuming a checkpoint past this
+// run's max_steps is refused with both numbers, and the saved model is left as it was.
+TEST_F(CliTest, AReusedOutputFolderNeitherLosesCheckpointsNorResumesAnotherRun) {
+  const auto out = dir_ / "out";
+  const auto prompts = write_prompts("p.jsonl", 4, false);
+  auto args = tiny_run(prompts, out);
+  set_flag(args, "--save_steps", "1");
+  args.insert(args.end(), {"--reward_rule", "positivity", "--report_to", "none"});
+  ASSERT_EQ(train(args).status, 0);
+  // Make checkpoint-2 look like step 1000 of a longer run.
+  fs::rename(out / "checkpoint-2", out / "checkpoint-1000");
+  auto state = xpo::test::read_json(out / "checkpoint-1000" / "trainer_state.json");
+  state["global_step"] = 1000;
+  state["max_steps"] = 1200;
+  write_json_to(out / "checkpoint-1000" / "trainer_state.json", state);
+  fs::remove_all(out / "checkpoint-1");
+
+  auto again = args;
+  again.insert(again.end(), {"--save_total_limit", "1"});
+  const auto refused = train(again);
+  EXPECT_NE(refused.status, 0);
+  EXPECT_CONTAINS(refused.err, "checkpoint-1000");
+  EXPECT_CONTAINS(refused.err, "overwrite_output_dir");
+
+  again.push_back("--overwrite_output_dir");
+  const auto r = train(again);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(fs::exists(out / "checkpoint-2")) << "the checkpoint just written is kept";
+  EXPECT_FALSE(fs::exists(out / "checkpoint-1")) << "rotated among this run's checkpoints";
+  EXPECT_TRUE(fs::exists(out / "checkpoint-1000")) << "another run's checkpoint is never rotated";
+
+  const auto model_bytes = xpo::read_text_file(out / "model.safetensors", 1 << 30);
+  auto resume = again;
+  resume.insert(resume.end(), {"--resume_from_checkpoint", "latest"});
+  const auto stale = train(resume);
+  EXPECT_NE(stale.status, 0);
+  EXPECT_CONTAINS(stale.err, "step 1000");
+  EXPECT_CONTAINS(stale.err, "max_steps = 2");
+  EXPECT_EQ(xpo::read_text_file(out / "model.safetensors", 1 << 30), model_bytes) << "the saved model is untouched";
+}
+
+// 6. Settings that cannot both take effect are refused, one message per pair, before anything is loaded.
+TEST_F(CliTest, ConflictingFlagsAreRefused) {
+  const auto prompts = write_prompts("p.jsonl", 4, false);
+  const auto out = dir_ / "out";
+  struct Case {
+    std::vector<std::string> flags;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{"--judge", "positivity", "--missing_eos_penalty", "1.0"}, "--missing_eos_penalty has no effect with --judge"},
+      {{"--reward_rule", "positivity", "--reward_model_path", tiny_reward_model()}, "give only one of"},
+      {{"--reward_rule", "positivity", "--lora_r", "4"}, "--lora_r has no effect without --use_peft"},
+      {{"--reward_rule", "positivity", "--lora_target_modules", "q_proj"}, "--lora_target_modules has no effect without --use_peft"},
+      {{"--reward_rule", "positivity", "--warmup_steps", "2", "--warmup_ratio", "0.1"}, "give --warmup_steps or --warmup_ratio"},
+      {{"--reward_rule", "positivity", "--lr_scheduler_type", "constant", "--warmup_steps", "2"}, "constant has no warm-up"},
+      {{"--reward_rule", "positivity", "--num_train_epochs", "2"}, "give --max_steps or --num_train_epochs"},
+      {{"--reward_rule", "positivity", "--bf16", "--dtype", "float32"}, "--bf16 conflicts with --dtype float32"},
+      {{"--reward_rule", "positivity", "--temperature", "0", "--top_k", "5"}, "--top_k has no effect with --temperature 0"},
+      {{"--reward_rule", "positivity", "--num_eval_samples", "3"}, "--num_eval_samples has no effect without held-out prompts"},
+      {{"--reward_rule", "positivity", "--log_completions_steps", "1"}, "--log_completions_steps has no effect without held-out prompts"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.message);
+    fs::remove_all(out);
+    auto args = tiny_run(prompts, out);
+    drop_flag(args, "--missing_eos_penalty");
+    args.insert(args.end(), c.flags.begin(), c.flags.end());
+    const auto r = train(args);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_CONTAINS(r.err, c.message);
+    EXPECT_FALSE(fs::exists(out));
+  }
+  // The same pair in a --config file counts as given.
+  write_json_to(dir_ / "c.json", {{"missing_eos_penalty", 0.5}, {"judge", "positivity"}});
+  auto args = tiny_run(prompts, out);
+  drop_flag(args, "--missing_eos_penalty");
+  args.insert(args.end(), {"--config", (dir_ / "c.json").string()});
+  const auto r = train(args);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "--missing_eos_penalty has no effect with --judge");
 }
 
 TEST_F(CliTest, ResumeContinuesTheRunAndItsLog) {

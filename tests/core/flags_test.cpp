@@ -52,6 +52,18 @@ TEST(Flags, ParseEveryKind) {
   EXPECT_DOUBLE_EQ(cli.config.temperature, 0.7);
 }
 
+// given(): what the user set, on the command line or in --config, as opposed to a default (what conflict checks
+// ask: a default never conflicts).
+TEST(Flags, GivenTellsSetFlagsFromDefaults) {
+  Cli cli;
+  const auto file = std::filesystem::temp_directory_path() / ("xpo-flags-given-" + std::to_string(::getpid()) + ".json");
+  std::ofstream(file) << R"({"warmup_ratio": 0.1, "model_name_or_path": "m"})";
+  ASSERT_TRUE(cli.parse({"--config", file.c_str(), "--max_steps", "3", "--use_peft"}));
+  std::filesystem::remove(file);
+  for (const char* name : {"warmup_ratio", "model_name_or_path", "max_steps", "use_peft"}) EXPECT_TRUE(cli.parser.given(name)) << name;
+  for (const char* name : {"warmup_steps", "learning_rate", "nproc", "config"}) EXPECT_FALSE(cli.parser.given(name)) << name;
+}
+
 TEST(Flags, AllProblemsAtOnce) {
   Cli cli;
   try {

@@ -125,6 +125,7 @@ TEST_F(TrainerTest, JudgeRunWithLoRAUsesAdaptersOffAsReference) {
   });
   auto config = small_config(dir_);
   config.save_total_limit = 1;
+  config.missing_eos_penalty.reset();  // a judge gives no scores to lower: the pair is refused (below)
   xpo::Trainer<xpo::models::CausalLM, xpo::scoring::FunctionJudge> trainer(
       policy, std::nullopt, std::move(judge), xpo::text::Tokenizer::from_pretrained(tiny_policy()), config, prompts(5));
   xpo::training::MetricsLogger metrics;
@@ -141,6 +142,74 @@ TEST_F(TrainerTest, JudgeRunWithLoRAUsesAdaptersOffAsReference) {
   // The final model is merged: a plain HF folder without LoRA tensors.
   auto merged = xpo::models::load_causal_lm(dir_);
   EXPECT_FALSE(merged->lora().has_value());
+}
+
+// TRL refuses missing_eos_penalty with a judge: the judge gives no scores for it to lower.
+TEST_F(TrainerTest, AJudgeWithAMissingEosPenaltyIsRefused) {
+  auto policy = xpo::models::load_causal_lm(tiny_policy());
+  xpo::scoring::FunctionJudge judge([](const std::string&, const xpo::CompletionPair&) { return 0; });
+  auto config = small_config(dir_);
+  ASSERT_TRUE(config.missing_eos_penalty.has_value());
+  try {
+    xpo::Trainer<xpo::models::CausalLM, xpo::scoring::FunctionJudge> trainer(
+        policy, std::nullopt, std::move(judge), xpo::text::Tokenizer::from_pretrained(tiny_policy()), config, prompts(4));
+    ADD_FAILURE() << "accepted";
+  } catch (const xpo::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("missing_eos_penalty"), std::string::npos) << e.what();
+  }
+}
+
+// Rotation in a reused output_dir: only the running run's checkpoints rotate, the one just written is never
+// deleted (even when another run's have larger steps), and other runs' checkpoints stay.
+TEST(CheckpointRotation, OnlyThisRunRotatesAndTheNewestIsKept) {
+  const auto out = std::filesystem::temp_directory_path() / ("xpo-rotation-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(out);
+  const auto make = [&](std::int64_t step, const std::string& run) {
+    const auto folder = xpo::training::checkpoint_folder(out, step);
+    std::filesystem::create_directories(folder);
+    xpo::training::TrainerState state;
+    state.global_step = step;
+    state.run_id = run;
+    xpo::write_json_file(folder / "trainer_state.json", state.to_json());
+    return folder;
+  };
+  make(1000, "old");
+  make(1200, "old");
+  make(1, "new");
+  make(2, "new");
+  const auto newest = make(3, "new");
+  xpo::training::rotate_checkpoints(out, 1, "new", newest);
+  std::vector<std::int64_t> left;
+  for (const auto& [step, folder] : xpo::training::list_checkpoints(out)) left.push_back(step);
+  EXPECT_EQ(left, (std::vector<std::int64_t>{3, 1000, 1200}));
+  EXPECT_EQ(xpo::training::checkpoint_run_id(newest), "new");
+  std::filesystem::remove_all(out);
+}
+
+// A new run refuses an output_dir holding another run's checkpoints, unless overwrite_output_dir.
+TEST_F(TrainerTest, ANewRunRefusesAnotherRunsCheckpoints) {
+  auto config = small_config(dir_);
+  config.max_steps = 1;
+  config.save_steps = 1;
+  {
+    xpo::Trainer<xpo::models::CausalLM, xpo::scoring::RewardModelScorer> first(
+        xpo::models::load_causal_lm(tiny_policy()), std::nullopt,
+        xpo::scoring::RewardModelScorer(xpo::models::load_reward_model(tiny_reward_model())),
+        xpo::text::Tokenizer::from_pretrained(tiny_policy()), config, prompts(4));
+    first.train();
+  }
+  ASSERT_TRUE(std::filesystem::exists(dir_ / "checkpoint-1"));
+  xpo::Trainer<xpo::models::CausalLM, xpo::scoring::RewardModelScorer> second(
+      xpo::models::load_causal_lm(tiny_policy()), std::nullopt,
+      xpo::scoring::RewardModelScorer(xpo::models::load_reward_model(tiny_reward_model())),
+      xpo::text::Tokenizer::from_pretrained(tiny_policy()), config, prompts(4));
+  EXPECT_THROW(second.train(), xpo::ConfigError);
+  config.overwrite_output_dir = true;
+  xpo::Trainer<xpo::models::CausalLM, xpo::scoring::RewardModelScorer> third(
+      xpo::models::load_causal_lm(tiny_policy()), std::nullopt,
+      xpo::scoring::RewardModelScorer(xpo::models::load_reward_model(tiny_reward_model())),
+      xpo::text::Tokenizer::from_pretrained(tiny_policy()), config, prompts(4));
+  EXPECT_NO_THROW(third.train());
 }
 
 // The reward model with its own tokenizer scores prompt + completion text at the last real token, which is what
@@ -286,6 +355,7 @@ TEST_F(TrainerTest, NonFiniteStepsAreSkippedCountedAndBounded) {
     config.gradient_accumulation_steps = 1;
     config.max_steps = 3;
     config.max_skipped_steps = max_skipped;
+    config.overwrite_output_dir = true;  // several trainers write into the same folder here
     return std::make_unique<NanTrainer>(xpo::models::load_causal_lm(tiny_policy()), std::nullopt,
                                         xpo::scoring::RewardModelScorer(xpo::models::load_reward_model(tiny_reward_model())),
                                         xpo::text::Tokenizer::from_pretrained(tiny_policy()), config, prompts(6),

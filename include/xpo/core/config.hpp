@@ -25,6 +25,7 @@ namespace xpo {
 struct XPOConfig {
   // ---- run
   std::string output_dir = "xpo-output";
+  bool overwrite_output_dir = false;  // train in an output_dir that holds another run's checkpoints (kept, never rotated)
   std::int64_t seed = 42;
   std::string device = "cpu";     // any torch::Device string: "cpu", "cuda", "cuda:1"
   std::string dtype = "float32";  // float32 | bfloat16 | float16 | float64 (weights and compute)
@@ -89,6 +90,8 @@ template <class Config, class F>
   requires std::same_as<std::remove_const_t<Config>, XPOConfig>
 void visit_fields(Config& c, F&& f) {
   f("output_dir", c.output_dir, "where checkpoints, logs and the final model are written");
+  f("overwrite_output_dir", c.overwrite_output_dir,
+    "start a new run in an output_dir holding another run's checkpoints (they are kept and never rotated)");
   f("seed", c.seed, "random seed for sampling, shuffling and initialisation");
   f("device", c.device, "torch device: cpu, cuda, cuda:N");
   f("dtype", c.dtype, "weights and compute dtype: float32, bfloat16, float16, float64");

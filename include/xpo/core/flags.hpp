@@ -231,6 +231,8 @@ class FlagParser {
           }
         }
         given.insert(given.begin(), from_file.begin(), from_file.end());
+        if (j.is_object())
+          for (auto it = j.begin(); it != j.end(); ++it) given_.insert(it.key());
         config_->update_from_json(j, *config_file);
       } catch (const ConfigError& e) {
         problems.insert(problems.end(), e.problems().begin(), e.problems().end());
@@ -239,6 +241,7 @@ class FlagParser {
       }
     }
     for (const auto& [name, values] : given) {
+      given_.insert(name);
       if (auto problem = flags_.at(name).set(values); !problem.empty()) problems.push_back("--" + name + " " + problem);
     }
     if (problems.empty() && config_ != nullptr) {
@@ -247,6 +250,10 @@ class FlagParser {
     if (!problems.empty()) throw ConfigError(problems);
     return true;
   }
+
+  // Whether the user set flag `name` (on the command line or in the --config file) in the last parse(), as
+  // opposed to leaving its default: what a check for conflicting settings asks.
+  [[nodiscard]] bool given(const std::string& name) const { return given_.contains(name); }
 
   [[nodiscard]] std::string help() const {
     std::ostringstream s;
@@ -292,6 +299,7 @@ class FlagParser {
   std::map<std::string, Flag> flags_;
   XPOConfig* config_ = nullptr;
   std::set<std::string> config_fields_;
+  std::set<std::string> given_;
   Flag config_flag_;
 };
 

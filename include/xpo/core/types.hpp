@@ -2,6 +2,7 @@
 // and what it returns. Field names follow TRL's XPOTrainer so a TRL user recognises them.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <array>
@@ -18,6 +19,9 @@ struct CompletionBatch {
   torch::Tensor completion_mask;         // [B, T] int64, 1 up to and including the first EOS
   std::vector<std::string> prompts;      // [B] the prompt text as the model saw it (after the chat template)
   std::vector<std::string> completions;  // [B] decoded completions, special tokens skipped, whitespace stripped
+  // [B] the conversation of each conversational prompt (a JSON list of messages), null for a standard prompt;
+  // empty when the caller has none (scorers then treat every prompt as standard text).
+  std::vector<nlohmann::ordered_json> prompt_messages;
 };
 
 // The four per-sequence log-prob sums of one XPO step plus who won. `pol`/`ref` = which model scores,

@@ -1,5 +1,5 @@
-// xpo/io/checkpoint.hpp — the weights of a Hugging Face checkpoint folder: `model.safetensors`, or shards listed
-// by `model.safetensors.index.json` ({"weight_map": {tensor name: shard file}}). Shard names come from an
+// xpo/io/checkpoint.hpp — the weights of a Hugging Face checkpoint folder: `model.safetensors` (preferred, as
+// transformers does), or shards listed by `model.safetensors.index.json` ({"weight_map": {tensor name: shard file}}). Shard names come from an
 // untrusted file: each must be a plain file name inside the folder.
 #pragma once
 
@@ -28,7 +28,8 @@ class TensorStore {
     TensorStore store;
     const auto single = folder / "model.safetensors";
     const auto index = folder / "model.safetensors.index.json";
-    if (std::filesystem::exists(index)) {
+    // transformers' order: a single model.safetensors first, the sharded index only without one.
+    if (!std::filesystem::exists(single) && std::filesystem::exists(index)) {
       const auto j = read_json_file(index);
       if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
         throw FileError(index.string(), "needs a \"weight_map\" object of tensor name -> shard file");

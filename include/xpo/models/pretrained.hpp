@@ -131,7 +131,27 @@ inline std::vector<std::pair<std::string, torch::Tensor>> plain_state(torch::nn:
   return out;
 }
 
-// Write `module` + its config as a Hugging Face folder (config.json, model.safetensors, generation_config.json).
+namespace detail {
+// After a single model.safetensors is written: an earlier sharded save's index and shards
+// (model.safetensors.index.json, model-NNNNN-of-NNNNN.safetensors) would otherwise sit beside it and mislead any
+// reader that looks for shards; save_pretrained removes such stale weight files too.
+inline void remove_stale_shards(const std::filesystem::path& folder) {
+  std::error_code ec;
+  std::filesystem::remove(folder / "model.safetensors.index.json", ec);
+  if (ec) throw FileError((folder / "model.safetensors.index.json").string(), "cannot remove the stale shard index: " + ec.message());
+  for (const auto& e : std::filesystem::directory_iterator(folder, ec)) {
+    const auto name = e.path().filename().string();
+    const bool shard = name.rfind("model-", 0) == 0 && name.find("-of-") != std::string::npos && name.size() > 12 &&
+                       name.compare(name.size() - 12, 12, ".safetensors") == 0;
+    if (!shard || !e.is_regular_file()) continue;
+    std::filesystem::remove(e.path(), ec);
+    if (ec) throw FileError(e.path().string(), "cannot remove the stale weight shard: " + ec.message());
+  }
+}
+}  // namespace detail
+
+// Write `module` + its config as a Hugging Face folder (config.json, model.safetensors, generation_config.json);
+// shards and an index left by an earlier sharded save in `folder` are removed.
 // `dtype` defaults to the module's own. Each file is written to a temporary name and renamed.
 inline void save_pretrained(torch::nn::Module& module, io::ModelConfig config, const std::filesystem::path& folder,
                             std::optional<torch::ScalarType> dtype = std::nullopt) {
@@ -143,12 +163,18 @@ inline void save_pretrained(torch::nn::Module& module, io::ModelConfig config, c
   if (tensors.empty()) throw Error("save_pretrained: the module has no parameters");
   config.torch_dtype = hf_dtype_name(tensors.front().second.scalar_type());
   io::save_safetensors(folder / "model.safetensors", tensors);
+  detail::remove_stale_shards(folder);
   config.save(folder);
-  nlohmann::json generation = {{"bos_token_id", nullptr}, {"eos_token_id", nullptr}, {"pad_token_id", nullptr}};
-  if (config.bos_token_id) generation["bos_token_id"] = *config.bos_token_id;
-  if (config.eos_token_ids.size() == 1) generation["eos_token_id"] = config.eos_token_ids.front();
-  if (config.eos_token_ids.size() > 1) generation["eos_token_id"] = config.eos_token_ids;
-  if (config.pad_token_id) generation["pad_token_id"] = *config.pad_token_id;
+  // The generation config the model was loaded with, unchanged; one built from config.json only when it had none
+  // (transformers' GenerationConfig.from_model_config).
+  nlohmann::json generation = config.generation_config;
+  if (!generation.is_object()) {
+    generation = {{"bos_token_id", nullptr}, {"eos_token_id", nullptr}, {"pad_token_id", nullptr}};
+    if (config.bos_token_id) generation["bos_token_id"] = *config.bos_token_id;
+    if (config.eos_token_ids.size() == 1) generation["eos_token_id"] = config.eos_token_ids.front();
+    if (config.eos_token_ids.size() > 1) generation["eos_token_id"] = config.eos_token_ids;
+    if (config.pad_token_id) generation["pad_token_id"] = *config.pad_token_id;
+  }
   if (!config.is_sequence_classifier()) io::write_json_file(folder / "generation_config.json", generation);
 }
 

@@ -15,6 +15,7 @@
 
 #include "xpo/core/config.hpp"
 #include "xpo/core/errors.hpp"
+#include "xpo/core/json_file.hpp"
 
 namespace xpo::training {
 
@@ -35,11 +36,14 @@ struct TrainerState {
   double epoch = 0.0;            // fractional: micro_step / micro_batches_per_epoch
   std::int64_t skipped_steps = 0;  // optimizer steps not applied: non-finite loss or gradient
   std::vector<nlohmann::json> log_history;
+  // Names the run (random, kept across resumes): rotation deletes only this run's checkpoints, so a reused
+  // output_dir never loses another run's, nor this run's newest. Empty in checkpoints written before it existed.
+  std::string run_id;
 
   [[nodiscard]] nlohmann::json to_json() const {
     return {{"global_step", global_step}, {"micro_step", micro_step}, {"max_steps", max_steps},
             {"micro_batches_per_epoch", micro_batches_per_epoch}, {"epoch", epoch},
-            {"skipped_steps", skipped_steps}, {"log_history", log_history}};
+            {"skipped_steps", skipped_steps}, {"log_history", log_history}, {"run_id", run_id}};
   }
   static TrainerState from_json(const nlohmann::json& j, const std::string& source) {
     TrainerState s;
@@ -51,6 +55,7 @@ struct TrainerState {
       s.epoch = j.at("epoch").get<double>();
       s.skipped_steps = j.value("skipped_steps", std::int64_t{0});
       s.log_history = j.at("log_history").get<std::vector<nlohmann::json>>();
+      s.run_id = j.value("run_id", std::string());
     } catch (const nlohmann::json::exception& e) {
       throw FileError(source, std::string("not a trainer state: ") + e.what());
     }
@@ -112,20 +117,39 @@ inline std::filesystem::path resolve_checkpoint(const std::string& which, const 
   return folder;
 }
 
-// Keeps the newest `limit` checkpoints.
-inline void rotate_checkpoints(const std::filesystem::path& output_dir, std::optional<std::int64_t> limit) {
+// The run_id recorded in a checkpoint folder's trainer_state.json ("" when it has none or cannot be read).
+inline std::string checkpoint_run_id(const std::filesystem::path& folder) {
+  try {
+    const auto j = read_json_file(folder / "trainer_state.json");
+    return j.is_object() ? j.value("run_id", std::string()) : std::string();
+  } catch (const std::exception&) {
+    return {};
+  }
+}
+
+// Keeps the newest `limit` checkpoints of the run `run_id` in output_dir; checkpoints of other runs are never
+// touched, and neither is `keep` (the checkpoint just written), whatever its step. limit = nullopt keeps all.
+// (transformers' _rotate_checkpoints deletes by step across runs, so a reused output_dir lost the new run's
+// checkpoints to an old run's larger step numbers.)
+inline void rotate_checkpoints(const std::filesystem::path& output_dir, std::optional<std::int64_t> limit,
+                               const std::string& run_id, const std::filesystem::path& keep = {}) {
   if (!limit) return;
-  auto all = list_checkpoints(output_dir);
-  while (static_cast<std::int64_t>(all.size()) > *limit) {
+  std::vector<std::pair<std::int64_t, std::filesystem::path>> ours;
+  for (auto& [step, folder] : list_checkpoints(output_dir))
+    if (checkpoint_run_id(folder) == run_id) ours.emplace_back(step, folder);
+  std::size_t count = ours.size();
+  for (const auto& [step, folder] : ours) {
+    if (static_cast<std::int64_t>(count) <= *limit) break;
+    std::error_code same_ec;
+    if (!keep.empty() && std::filesystem::equivalent(folder, keep, same_ec)) continue;
     // Renamed first, so a process killed while deleting never leaves a half-deleted folder that still looks
     // like a complete checkpoint.
     std::error_code ec;
-    const auto& folder = all.front().second;
     const auto doomed = folder.parent_path() / (".old-" + folder.filename().string());
     std::filesystem::remove_all(doomed, ec);
     std::filesystem::rename(folder, doomed, ec);
     std::filesystem::remove_all(ec ? folder : doomed, ec);
-    all.erase(all.begin());
+    --count;
   }
 }
 

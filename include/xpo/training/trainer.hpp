@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <limits>
 #include <memory>
@@ -92,6 +93,12 @@ class Trainer {
                           std::string(Loss::dpo_loss::name) + "\"");
       }
     }
+    if constexpr (!RewardScorer<Scorer>) {  // TRL's OnlineDPO refuses it too: a judge gives no score to lower
+      if (config_.missing_eos_penalty) {
+        throw ConfigError("missing_eos_penalty: a pairwise judge gives no scores for it to lower, so it would have no "
+                          "effect; unset it, or score with a reward model");
+      }
+    }
     device_ = first_device(policy_);
     setup_reference(std::move(reference));
     setup_tokens();
@@ -103,11 +110,12 @@ class Trainer {
       }
     }
     if (tokenizer_.chat_template()) chat_ = text::ChatTemplate::of(tokenizer_);
-    train_ = prepare(train_dataset, "train_dataset");
+    train_ = prepare(train_dataset, "train_dataset", &train_messages_);
     eval_ = prepare(eval_dataset, "eval_dataset");
     eval_rows_ = std::move(eval_dataset);
     if (train_.empty()) throw ConfigError("train_dataset is empty");
     plan_steps();
+    state_.run_id = new_run_id();
     params_ = trainable_parameters();
     if (params_.empty()) throw ConfigError("the policy has no trainable parameters");
     optimizer_ = std::make_unique<torch::optim::AdamW>(
@@ -132,6 +140,12 @@ class Trainer {
       std::filesystem::create_directories(config_.output_dir, ec);
       if (ec || !std::filesystem::is_directory(config_.output_dir))
         throw FileError(config_.output_dir, "cannot create the output folder" + (ec ? ": " + ec.message() : std::string()));
+    }
+    if (state_.global_step == 0 && !config_.overwrite_output_dir) {  // rank 0 decides for all
+      std::string problem = world_.is_main() ? another_runs_checkpoints() : std::string();
+      if (world_.size() > 1 && world_.sum(problem.empty() ? 0.0 : 1.0, "checking output_dir") > 0 && problem.empty())
+        problem = "output_dir " + config_.output_dir + " already holds checkpoints of another run (see rank 0)";
+      if (!problem.empty()) throw ConfigError(problem);
     }
     stop_requested_ = stopped_early_ = false;
     (call_train_begin(callbacks), ...);
@@ -266,8 +280,8 @@ class Trainer {
     const auto model_eos = contains_any_of(model_c.ids, eos_ids_);
     const auto ref_eos = contains_any_of(ref_c.ids, eos_ids_);
     // 4. score and pick the winner
-    const CompletionBatch model_batch{batch.ids, batch.mask, model_c.ids, model_c.mask, batch.texts, decode_rows(model_c)};
-    const CompletionBatch ref_batch{batch.ids, batch.mask, ref_c.ids, ref_c.mask, batch.texts, decode_rows(ref_c)};
+    const CompletionBatch model_batch{batch.ids, batch.mask, model_c.ids, model_c.mask, batch.texts, decode_rows(model_c), batch.messages};
+    const CompletionBatch ref_batch{batch.ids, batch.mask, ref_c.ids, ref_c.mask, batch.texts, decode_rows(ref_c), batch.messages};
     training::Preference preference;
     if constexpr (RewardScorer<Scorer>) {
       const auto model_scores = scorer_.score(model_batch).to(device_).to(torch::kFloat);
@@ -359,7 +373,7 @@ class Trainer {
       std::filesystem::rename(tmp, folder, ec);
       if (ec) fail_move(ec);
     }
-    training::rotate_checkpoints(out, config_.save_total_limit);
+    training::rotate_checkpoints(out, config_.save_total_limit, state_.run_id, folder);
     return folder;
   }
 
@@ -380,6 +394,12 @@ class Trainer {
     torch::load(rng, (folder / "rng_state.pt").string());
     if (rng.size() != 1) throw FileError((folder / "rng_state.pt").string(), "expected one generator state (the CPU's)");
     compat::set_default_cpu_generator_state(rng[0]);  // dropout's stream, when dropout is on
+    if (state.global_step > state_.max_steps) {
+      throw ConfigError(folder.string() + ": the checkpoint is at step " + std::to_string(state.global_step) +
+                        ", past this run's max_steps = " + std::to_string(state_.max_steps) +
+                        " (a checkpoint of another, longer run? resume a checkpoint of this run, raise max_steps, or "
+                        "use another output_dir)");
+    }
     state.max_steps = state_.max_steps;  // the run's length comes from this run's config
     state_ = std::move(state);
     window_ = {};
@@ -400,15 +420,16 @@ class Trainer {
   // perturbed) and scores them. The stream is fixed by the seed, the global step and `draw`: the same call at the
   // same step gives the same samples; pass a different `draw` for independent samples of the same prompts.
   std::vector<CompletionSample> complete(const PromptDataset& rows, std::uint64_t draw = 0) {
-    auto prepared = prepare(rows, "prompts");
+    std::vector<nlohmann::ordered_json> messages;
+    auto prepared = prepare(rows, "prompts", &messages);
     std::vector<std::size_t> all(prepared.size());
     std::iota(all.begin(), all.end(), std::size_t{0});
-    const Batch batch = make_batch_from(prepared, all);
+    const Batch batch = make_batch_from(prepared, messages, all);
     auto gen = compat::make_generator(device_, static_cast<std::uint64_t>(config_.seed) + 7919 +
                                                    static_cast<std::uint64_t>(state_.global_step) + draw * 1000003);
     const auto g = generation::generate(policy_, batch.ids, batch.mask, sampling_options(), gen);
     const auto c = truncate_after_eos(g.completion_ids, eos_ids_, pad_id_);
-    const CompletionBatch cb{batch.ids, batch.mask, c.ids, c.mask, batch.texts, decode_rows(c)};
+    const CompletionBatch cb{batch.ids, batch.mask, c.ids, c.mask, batch.texts, decode_rows(c), batch.messages};
     std::vector<CompletionSample> out;
     std::vector<double> scores(all.size(), std::nan(""));
     if constexpr (RewardScorer<Scorer>) {
@@ -487,8 +508,9 @@ class Trainer {
   static double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
   struct Batch {
-    torch::Tensor ids, mask;         // [B, P] left-padded
-    std::vector<std::string> texts;  // [B]
+    torch::Tensor ids, mask;                          // [B, P] left-padded
+    std::vector<std::string> texts;                   // [B]
+    std::vector<nlohmann::ordered_json> messages;     // [B] the conversation, null for a standard prompt
   };
 
   // Averages of the micro-step metrics since the last log, plus step-level values.
@@ -534,6 +556,33 @@ class Trainer {
   template <class C> void call_log(C& c, const training::Metrics& m) { if constexpr (training::HasLog<C, Trainer>) c.on_log(*this, m); }
   template <class C> void call_save(C& c, const std::filesystem::path& p) { if constexpr (training::HasSave<C, Trainer>) c.on_save(*this, p); }
   template <class C> void call_train_end(C& c) { if constexpr (training::HasTrainEnd<C, Trainer>) c.on_train_end(*this); }
+
+  // A fresh run's id: 16 hex digits from the OS's entropy source and the clock (not from `seed`: two runs with the
+  // same seed in one output_dir are still two runs).
+  static std::string new_run_id() {
+    std::random_device device;
+    const auto now = static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+    const std::uint64_t bits = (static_cast<std::uint64_t>(device()) << 32 ^ device()) ^ now;
+    char text[17];
+    std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(bits));
+    return text;
+  }
+
+  // A new run (not resumed) in an output_dir that already holds checkpoints of another run: resuming it, or
+  // rotating beside it, would mix the two runs. transformers' example scripts refuse the same way.
+  // The refusal's message, or "" when output_dir holds no checkpoint of another run.
+  [[nodiscard]] std::string another_runs_checkpoints() const {
+    std::string found;
+    for (const auto& [step, folder] : training::list_checkpoints(config_.output_dir)) {
+      if (training::checkpoint_run_id(folder) == state_.run_id) continue;
+      if (!found.empty()) found += ", ";
+      found += folder.filename().string();
+    }
+    if (found.empty()) return {};
+    return "output_dir " + config_.output_dir + " already holds checkpoints of another run (" + found +
+           "): continue that run with resume_from_checkpoint, start beside it with overwrite_output_dir "
+           "(its checkpoints are kept, never rotated), or choose another output_dir";
+  }
 
   static XPOConfig validated(XPOConfig config) {
     config.validate();  // every bad field at once, before anything is built from them
@@ -642,7 +691,10 @@ class Trainer {
     return count;
   }
 
-  std::vector<text::PreparedPrompt> prepare(const PromptDataset& rows, const std::string& name) const {
+  // Dataset rows -> prompts ready for generation; `messages` (if given) receives each row's conversation (null
+  // for a standard prompt), which a reward model with its own tokenizer re-renders.
+  std::vector<text::PreparedPrompt> prepare(const PromptDataset& rows, const std::string& name,
+                                            std::vector<nlohmann::ordered_json>* messages = nullptr) const {
     std::vector<text::PreparedPrompt> out;
     out.reserve(rows.size());
     std::optional<std::int64_t> context;
@@ -662,23 +714,26 @@ class Trainer {
                           std::to_string(config_.max_new_tokens) + " it exceeds the model's context of " + std::to_string(*context));
       }
       out.push_back(std::move(p));
+      if (messages != nullptr) messages->push_back(row["prompt"].is_array() ? row["prompt"] : nlohmann::ordered_json());
     }
     return out;
   }
 
-  Batch make_batch_from(const std::vector<text::PreparedPrompt>& prompts, const std::vector<std::size_t>& rows) const {
+  Batch make_batch_from(const std::vector<text::PreparedPrompt>& prompts, const std::vector<nlohmann::ordered_json>& messages,
+                        const std::vector<std::size_t>& rows) const {
     std::vector<std::vector<std::int64_t>> ids;
     Batch b;
     for (const auto r : rows) {
       ids.push_back(prompts.at(r).ids);
       b.texts.push_back(prompts.at(r).text);
+      b.messages.push_back(messages.at(r));
     }
     auto padded = pad_sequences(ids, pad_id_, PaddingSide::left, device_);
     b.ids = padded.ids;
     b.mask = padded.mask;
     return b;
   }
-  Batch make_batch(const std::vector<std::size_t>& rows) const { return make_batch_from(train_, rows); }
+  Batch make_batch(const std::vector<std::size_t>& rows) const { return make_batch_from(train_, train_messages_, rows); }
 
   generation::SamplingOptions sampling_options() const {
     return generation::SamplingOptions::from_config(config_, eos_ids_, pad_id_);
@@ -799,6 +854,7 @@ class Trainer {
   torch::Device device_ = torch::kCPU;
   std::optional<text::ChatTemplate> chat_;
   std::vector<text::PreparedPrompt> train_, eval_;
+  std::vector<nlohmann::ordered_json> train_messages_;  // [rows] each training prompt's conversation (null: standard)
   PromptDataset eval_rows_;
   std::vector<std::int64_t> eos_ids_;
   std::int64_t pad_id_ = 0;
