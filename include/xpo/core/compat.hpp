@@ -6,6 +6,7 @@
 #include <torch/version.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
 
 #include <cmath>
 #include <cstdint>
@@ -65,7 +66,10 @@ inline torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch
   const auto qg = q.reshape({b, hkv, group * tq, d});                                 // [B, Hkv, r*Tq, D]
   auto scores = torch::matmul(qg, k.transpose(-2, -1)).div_(std::sqrt(static_cast<double>(d)));  // [B, Hkv, r*Tq, Tk]
   scores = scores.view({b, hkv, group, tq, tk}).add_(additive_mask.unsqueeze(1));     // mask [B, 1, 1, Tq, Tk]
-  auto probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+  // Softmax in float32 for float32 and below (transformers' eager attention); float64 stays float64: casting its
+  // lowest finite mask value to float32 would give -inf, and a fully masked (padding) row NaN that spreads.
+  const auto softmax_type = q.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  auto probs = torch::softmax(scores, -1, softmax_type).to(q.scalar_type());
   if (dropout_p > 0) probs = torch::dropout(probs, dropout_p, /*train=*/true);
   return torch::matmul(probs.view({b, hkv, group * tq, tk}), v).view({b, h, tq, d});
 #endif
@@ -93,6 +97,67 @@ inline void set_default_cpu_generator_state(const at::Tensor& state) {
   std::lock_guard<std::mutex> lock(gen.mutex());
   gen.set_state(state);
 }
+
+// Autocast (PyTorch's torch.autocast) for one device type while alive: matmuls and convolutions run in `dtype`
+// (bfloat16 or float16), precision-sensitive ops in float32, the casts of leaf weights cached for the scope and
+// dropped at the outermost exit (as torch.autocast's __exit__ does). enabled = false leaves the state as it is.
+// 1.13 .. 2.3: the per-device setters (set_cpu_enabled, set_autocast_cpu_dtype, set_enabled for CUDA); 2.4 took
+// the device type as an argument and deprecated them. Only CPU and CUDA are supported (errors otherwise).
+class AutocastGuard {
+ public:
+  AutocastGuard(c10::DeviceType device, torch::ScalarType dtype, bool enabled = true) : device_(device), enabled_(enabled) {
+    if (!enabled_) return;
+    TORCH_CHECK(device == c10::DeviceType::CPU || device == c10::DeviceType::CUDA,
+                "mixed precision (autocast) supports cpu and cuda devices, not ", c10::DeviceTypeName(device));
+    prev_enabled_ = is_enabled(device);
+    prev_dtype_ = get_dtype(device);
+    set(device, true, dtype);
+    at::autocast::increment_nesting();
+  }
+  ~AutocastGuard() {
+    if (!enabled_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    set(device_, prev_enabled_, prev_dtype_);
+  }
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+
+  // Whether autocast is on for `device` in this thread, and its dtype.
+  static bool is_enabled(c10::DeviceType device) {
+#if XPO_TORCH_VERSION_AT_LEAST(2, 4)
+    return at::autocast::is_autocast_enabled(device);
+#else
+    return device == c10::DeviceType::CPU ? at::autocast::is_cpu_enabled() : at::autocast::is_enabled();
+#endif
+  }
+  static torch::ScalarType get_dtype(c10::DeviceType device) {
+#if XPO_TORCH_VERSION_AT_LEAST(2, 4)
+    return at::autocast::get_autocast_dtype(device);
+#else
+    return device == c10::DeviceType::CPU ? at::autocast::get_autocast_cpu_dtype() : at::autocast::get_autocast_gpu_dtype();
+#endif
+  }
+
+ private:
+  static void set(c10::DeviceType device, bool on, torch::ScalarType dtype) {
+#if XPO_TORCH_VERSION_AT_LEAST(2, 4)
+    at::autocast::set_autocast_dtype(device, dtype);
+    at::autocast::set_autocast_enabled(device, on);
+#else
+    if (device == c10::DeviceType::CPU) {
+      at::autocast::set_autocast_cpu_dtype(dtype);
+      at::autocast::set_cpu_enabled(on);
+    } else {
+      at::autocast::set_autocast_gpu_dtype(dtype);
+      at::autocast::set_enabled(on);
+    }
+#endif
+  }
+  c10::DeviceType device_;
+  bool enabled_;
+  bool prev_enabled_ = false;
+  torch::ScalarType prev_dtype_ = torch::kBFloat16;
+};
 
 // The lowest finite value of a floating dtype: what a masked attention score gets (Hugging Face's finfo.min).
 // Finite, so a fully masked (padding) query row gives a finite, ignored output instead of NaN.
