@@ -802,4 +802,47 @@ TEST_F(CliTest, QuickStartRaisesTheHeldOutScoreAndChatOpensTheResult) {
   EXPECT_FALSE(answer.out.empty());
 }
 
+// Issue 20: a few-step xpo-train run per fixture architecture (models/ and new-models/: qwen2, llama, qwen3,
+// mistral, gemma3_text, phi3, smollm3, qwen2 + yarn), scored by the fixture reward models in turn; every other run
+// trains LoRA on all of the architecture's linear layers (phi3: its fused qkv_proj and gate_up_proj). The saved
+// model loads back with the same model_type and the same tensor names as the original checkpoint.
+TEST_F(CliTest, EveryArchitectureTrainsAFewSteps) {
+  std::vector<fs::path> policies, reward_models;
+  for (const auto& folder : xpo::test::model_fixture_folders())
+    (xpo::io::ModelConfig::load(folder).is_sequence_classifier() ? reward_models : policies).push_back(folder);
+  ASSERT_FALSE(policies.empty());
+  ASSERT_FALSE(reward_models.empty());
+  const auto prompts = write_prompts("p.jsonl", 4, false);
+  for (std::size_t i = 0; i < policies.size(); ++i) {
+    SCOPED_TRACE(policies[i].string());
+    const auto config = xpo::io::ModelConfig::load(policies[i]);
+    const auto out = dir_ / ("run-" + std::to_string(i));
+    const auto& reward_model = reward_models[i % reward_models.size()];
+    // A fixture without tokenizer files (tiny-llama) borrows the reward model's (the same 384-token vocabulary).
+    auto policy = policies[i];
+    if (!fs::exists(policy / "tokenizer.json")) {
+      policy = dir_ / ("policy-" + std::to_string(i));
+      fs::create_directories(policy);
+      for (const auto& e : fs::directory_iterator(policies[i])) fs::create_symlink(e.path(), policy / e.path().filename());
+      for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) fs::create_symlink(reward_model / name, policy / name);
+    }
+    auto args = tiny_run(prompts, out);
+    set_flag(args, "--model_name_or_path", policy.string());
+    args.insert(args.end(), {"--reward_model_path", reward_model.string(), "--report_to", "jsonl"});
+    if (i % 2 == 1) {
+      std::string targets;
+      for (const auto& name : config.linear_layer_names()) targets += (targets.empty() ? "" : ",") + name;
+      args.insert(args.end(), {"--use_peft", "--lora_r", "2", "--lora_alpha", "4", "--lora_target_modules", targets});
+    }
+    const auto r = train(args);
+    ASSERT_EQ(r.status, 0) << r.err;
+    const auto lines = metrics(out);
+    ASSERT_EQ(lines.size(), 2u);
+    EXPECT_TRUE(std::isfinite(lines[1].at("loss").get<double>()));
+    const auto saved = xpo::models::load_causal_lm(out);
+    EXPECT_EQ(saved->config().model_type, config.model_type);
+    EXPECT_EQ(xpo::io::TensorStore::open(out).names(), xpo::io::TensorStore::open(policies[i]).names());
+  }
+}
+
 }  // namespace
