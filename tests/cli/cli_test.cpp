@@ -845,4 +845,37 @@ TEST_F(CliTest, EveryArchitectureTrainsAFewSteps) {
   }
 }
 
+
+// TRL's quick-start judge, PairRM (the tiny fixture): by name with its folder (standard prompts) and by folder
+// alone (conversational prompts), a few steps each; a missing folder is refused with where to download it.
+TEST_F(CliTest, PairRMJudgeRunsWithStandardAndConversationalPrompts) {
+  const auto pair_rm = xpo::test::fixture_path("judges/tiny-pairrm").string();
+  for (const bool conversational : {false, true}) {
+    SCOPED_TRACE(conversational ? "conversational" : "standard");
+    const auto out = dir_ / (conversational ? "pairrm-chat" : "pairrm");
+    auto args = tiny_run(write_prompts(conversational ? "chat.jsonl" : "p.jsonl", 4, conversational), out);
+    drop_flag(args, "--missing_eos_penalty");  // a judge gives no scores to lower
+    if (conversational) args.insert(args.end(), {"--judge", pair_rm, "--report_to", "jsonl"});
+    else args.insert(args.end(), {"--judge", "pair_rm", "--judge_model_path", pair_rm, "--judge_dtype", "float32", "--report_to", "jsonl"});
+    const auto r = train(args);
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_CONTAINS(r.err, "judging with PairRM");
+    const auto lines = metrics(out);
+    ASSERT_EQ(lines.size(), 2u);
+    EXPECT_TRUE(lines[1].contains("rewards/margins"));
+    EXPECT_FALSE(lines[1].contains("objective/model_scores")) << "a judge gives no scores";
+  }
+  auto args = tiny_run(write_prompts("q.jsonl", 4, false), dir_ / "refused");
+  drop_flag(args, "--missing_eos_penalty");
+  args.insert(args.end(), {"--judge", "pair_rm", "--judge_model_path", (dir_ / "nowhere").string()});
+  const auto missing = train(args);
+  EXPECT_EQ(missing.status, 2);
+  EXPECT_CONTAINS(missing.err, "huggingface-cli download llm-blender/PairRM");
+  drop_flag(args, "--judge_model_path");
+  args.insert(args.end(), {"--judge_model_path", pair_rm, "--judge_dtype", "float16"});
+  const auto half = train(args);
+  EXPECT_EQ(half.status, 2);
+  EXPECT_CONTAINS(half.err, "--judge_dtype float16 needs --device cuda");
+}
+
 }  // namespace
