@@ -268,9 +268,14 @@ inline ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::st
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     throw FileError(source, "num_attention_heads (" + std::to_string(c.num_attention_heads) +
                                 ") is not a multiple of num_key_value_heads (" + std::to_string(c.num_key_value_heads) + ")");
-  // Phi3Config has no head_dim key: it is always hidden_size / num_attention_heads.
+  // Phi3Config has no head_dim key: it is always hidden_size / num_attention_heads. A missing key takes the config
+  // class's default: 128 for Qwen3, 256 for Gemma3, hidden_size / num_attention_heads for the others.
   if (mt != "phi3" && j.contains("head_dim") && !j["head_dim"].is_null()) {
     c.head_dim = require_int(j, "head_dim", source);
+  } else if (mt == "qwen3" && !j.contains("head_dim")) {
+    c.head_dim = 128;
+  } else if (mt == "gemma3_text" && !j.contains("head_dim")) {
+    c.head_dim = 256;
   } else {
     if (c.hidden_size % c.num_attention_heads != 0)
       throw FileError(source, "hidden_size is not a multiple of num_attention_heads and no head_dim is given");
@@ -338,6 +343,8 @@ inline ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::st
   // layer_types (or the pattern) marks sliding.
   std::optional<std::int64_t> window;
   if (j.contains("sliding_window") && !j["sliding_window"].is_null()) window = require_int(j, "sliding_window", source);
+  // A missing key (not an explicit null) takes the class default: 4096 for Mistral, Qwen2, Qwen3 and Gemma3.
+  if (!j.contains("sliding_window") && (mt == "mistral" || mt == "qwen2" || mt == "qwen3" || mt == "gemma3_text")) window = 4096;
   const bool qwen_like = (mt == "qwen2" || mt == "qwen3" || mt == "smollm3");
   if (qwen_like && !bool_or(j, "use_sliding_window", false, source)) window.reset();
   if (mt == "llama") window.reset();
@@ -365,8 +372,8 @@ inline ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::st
     for (std::size_t i = 0; i < layers; ++i)
       if ((static_cast<std::int64_t>(i) + 1) % pattern != 0) c.layer_attention[i] = LayerAttention::sliding;
   }
-  if (mt == "gemma3_text" && !window && std::count(c.layer_attention.begin(), c.layer_attention.end(), LayerAttention::sliding) > 0)
-    c.sliding_window = 4096;  // Gemma3TextConfig's default
+  if (mt == "gemma3_text" && bool_or(j, "use_bidirectional_attention", false, source))
+    throw FileError(source, "use_bidirectional_attention = true (Gemma3 as an encoder) is not supported: xpo trains causal LMs");
   if (!c.sliding_window) c.layer_attention.assign(layers, LayerAttention::full);
 
   // RoPE per layer: Gemma3's sliding layers use the local table; SmolLM3's no_rope_layers (0 = NoPE).
