@@ -122,6 +122,28 @@ class Chat {
   ordered_json messages_;
 };
 
+// The model's generation_config.json sampling defaults (as transformers' generate applies them) for every sampling
+// flag the user did not give: do_sample false = greedy; temperature, top_k, top_p, min_p, max_new_tokens as set
+// there. Keys the file lacks keep xpo-chat's defaults. A value of the wrong type is an error naming the file.
+void apply_generation_config(ChatArgs& args, const xpo::FlagParser& flags, const fs::path& folder) {
+  const auto file = folder / "generation_config.json";
+  if (!fs::exists(file)) return;
+  const auto g = xpo::read_json_file(file);
+  if (!g.is_object()) throw xpo::FileError(file.string(), "must hold a JSON object");
+  const auto number = [&](const char* key, auto& target) {
+    if (flags.given(key) || !g.contains(key) || g[key].is_null()) return;
+    if (!g[key].is_number()) throw xpo::FileError(file.string(), std::string(key) + " must be a number");
+    target = g[key].get<std::remove_reference_t<decltype(target)>>();
+  };
+  number("temperature", args.temperature);
+  number("top_k", args.top_k);
+  number("top_p", args.top_p);
+  number("max_new_tokens", args.max_new_tokens);
+  if (!flags.given("min_p") && g.contains("min_p") && g["min_p"].is_number()) args.min_p = g["min_p"].get<double>();
+  if (!flags.given("temperature") && g.contains("do_sample") && g["do_sample"].is_boolean() && !g["do_sample"].get<bool>())
+    args.temperature = 0;  // greedy, whatever temperature the file also names
+}
+
 constexpr const char* kHelp = "commands: /clear (new conversation), /save FILE.json, /help, /exit\n";
 
 int main_impl(int argc, char** argv) {
@@ -148,12 +170,22 @@ int main_impl(int argc, char** argv) {
     std::fprintf(stderr, "xpo-chat: --model_name_or_path is required (a model folder, e.g. xpo-train's output_dir)\n");
     return 2;
   }
+  if (flags.given("temperature") && args.temperature == 0) {  // greedy: sampling settings cannot take effect
+    bool conflict = false;
+    for (const char* sampling : {"top_k", "top_p", "min_p"})
+      if (flags.given(sampling)) {
+        std::fprintf(stderr, "xpo-chat: --%s has no effect with --temperature 0 (greedy decoding)\n", sampling);
+        conflict = true;
+      }
+    if (conflict) return 2;
+  }
   const fs::path folder(args.model_name_or_path);
   if (!fs::exists(folder / "config.json") && fs::exists(folder / "adapter_config.json")) {
     std::fprintf(stderr, "xpo-chat: %s holds a LoRA adapter only; open the run's output_dir (adapters merged) instead\n",
                  folder.string().c_str());
     return 2;
   }
+  apply_generation_config(args, flags, folder);
   Chat chat(args);
   if (!args.prompt.empty()) {
     chat.answer(args.prompt, stdout);

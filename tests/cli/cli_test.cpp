@@ -269,6 +269,25 @@ TEST_F(CliTest, SavingKeepsTheGenerationConfig) {
   EXPECT_EQ(xpo::text::Tokenizer::from_pretrained(out).special_tokens().generation_eos_ids, (std::vector<std::int64_t>{2, 0}));
 }
 
+// xpo-chat takes the model's generation_config.json sampling defaults for the flags not given (as generate does):
+// do_sample false answers greedily; and a greedy --temperature 0 with a sampling flag is refused.
+TEST_F(CliTest, ChatTakesSamplingDefaultsFromTheGenerationConfig) {
+  const auto policy = copy_fixture("models/tiny-qwen2", dir_ / "greedy-policy");
+  auto generation = xpo::test::read_json(policy / "generation_config.json");
+  generation["do_sample"] = false;
+  generation["max_new_tokens"] = 12;
+  write_json_to(policy / "generation_config.json", generation);
+  const auto by_file = chat({"--model_name_or_path", policy.string(), "--prompt", "hello there", "--seed", "1"});
+  const auto by_flag = chat({"--model_name_or_path", tiny_policy(), "--prompt", "hello there", "--temperature", "0",
+                             "--max_new_tokens", "12", "--seed", "2"});
+  ASSERT_EQ(by_file.status, 0) << by_file.err;
+  ASSERT_EQ(by_flag.status, 0) << by_flag.err;
+  EXPECT_EQ(by_file.out, by_flag.out);
+  const auto refused = chat({"--model_name_or_path", tiny_policy(), "--prompt", "hi", "--temperature", "0", "--top_p", "0.5"});
+  EXPECT_EQ(refused.status, 2);
+  EXPECT_CONTAINS(refused.err, "--top_p has no effect with --temperature 0");
+}
+
 // 4. An output_dir holding an earlier sharded save: the new single file wins, and the stale shards and index go.
 TEST_F(CliTest, AStaleShardedIndexDoesNotWinOverTheNewModel) {
   const auto out = dir_ / "out";
