@@ -523,6 +523,12 @@ TEST(ChatTemplateMessages, AnyShapeToolsDocumentsAndClock) {
   } catch (const TemplateError& e) {
     EXPECT_EQ(e.line(), 2) << e.what();
   }
+  // a dataset row's tools / documents columns and chat_template_kwargs, over defaults (from --config)
+  const auto row = ordered_json::parse(R"({"prompt": [], "tools": [{"name": "t"}], "documents": null,
+                                           "chat_template_kwargs": {"enable_thinking": false}})");
+  const auto kwargs = xpo::text::row_template_kwargs(row, "rows.jsonl:1", {{"enable_thinking", true}, {"x", 1}});
+  EXPECT_EQ(kwargs, ordered_json::parse(R"({"enable_thinking": false, "x": 1, "tools": [{"name": "t"}]})"));
+  EXPECT_THROW((void)xpo::text::row_template_kwargs(ordered_json{{"tools", "t"}}, "rows.jsonl:2"), xpo::ConfigError);
   // still refused: a conversation that is not a list of objects
   EXPECT_THROW((void)chat.render(ordered_json::array({1}), xpo::text::SpecialTokens{}), xpo::ConfigError);
   EXPECT_THROW((void)chat.render(ordered_json::array(), xpo::text::SpecialTokens{}), xpo::ConfigError);

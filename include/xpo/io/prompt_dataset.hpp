@@ -1,7 +1,8 @@
 // xpo/io/prompt_dataset.hpp — prompt datasets from JSONL files (or a folder of them), as TRL's online trainers
 // read them: one JSON object per line with a "prompt" column, either standard (a string) or conversational (a list
 // of {"role", "content"} messages), detected per file from its first row. Other columns are kept (the trainer
-// reads "chat_template_kwargs"; the rest is ignored). A bad line is an error naming the file and line, or, with
+// reads "chat_template_kwargs"; "tools" / "documents", when present, must be lists, which
+// text::row_template_kwargs hands to the chat template; the rest is ignored). A bad line is an error naming the file and line, or, with
 // skip_bad_rows, skipped and counted. Lines longer than a limit are refused before they are held in memory.
 #pragma once
 
@@ -104,6 +105,11 @@ inline void read_prompt_file(const std::filesystem::path& path, const PromptData
     }
     if (problem.empty() && row.contains("chat_template_kwargs") && !row["chat_template_kwargs"].is_object()) {
       problem = "\"chat_template_kwargs\" must be an object";
+    }
+    for (const char* column : {"tools", "documents"}) {  // passed to the chat template (text::row_template_kwargs)
+      if (problem.empty() && row.contains(column) && !row[column].is_array() && !row[column].is_null()) {
+        problem = std::string("\"") + column + "\" must be a list (of tool schemas / documents) or null";
+      }
     }
     if (!problem.empty()) {
       if (!options.skip_bad_rows) throw FileError(where, problem);

@@ -153,6 +153,29 @@ class ChatTemplate {
   jinja::Template template_;
 };
 
+// The template variables of one dataset row, as TRL/transformers pass them: the row's "chat_template_kwargs"
+// object, plus its "tools" and "documents" columns (lists, or null) under those names unless the kwargs already
+// name them. `defaults` (e.g. from --config) come first and the row's own values win. Errors: ConfigError naming
+// `where` when a column has the wrong type.
+template <typename Json>
+nlohmann::ordered_json row_template_kwargs(const Json& row, const std::string& where,
+                                           const nlohmann::ordered_json& defaults = nlohmann::ordered_json::object()) {
+  nlohmann::ordered_json kwargs = defaults.is_object() ? defaults : nlohmann::ordered_json::object();
+  if (!row.is_object()) return kwargs;
+  for (const char* column : {"tools", "documents"}) {
+    const auto found = row.find(column);
+    if (found == row.end() || found->is_null()) continue;
+    if (!found->is_array()) throw ConfigError(where + ": \"" + column + "\" must be a list");
+    kwargs[column] = *found;
+  }
+  const auto extra = row.find("chat_template_kwargs");
+  if (extra != row.end() && !extra->is_null()) {
+    if (!extra->is_object()) throw ConfigError(where + ": \"chat_template_kwargs\" must be an object");
+    for (auto it = extra->begin(); it != extra->end(); ++it) kwargs[it.key()] = it.value();
+  }
+  return kwargs;
+}
+
 // A prompt ready for generation: the text the policy sees and its token ids.
 struct PreparedPrompt {
   std::string text;

@@ -483,6 +483,21 @@ class Parser {
       return n;
     }
     if (name == "set") {
+      if (is_op("(")) {  // {% set (a, b) = ... %}
+        next();
+        auto n = make(Node::Kind::set, begin);
+        while (!is_op(")")) {
+          if (peek().type != Tok::name) fail("expected a variable name" + found());
+          n->targets.push_back(next().text);
+          if (!is_op(",")) break;
+          next();
+        }
+        expect_op(")");
+        expect_op("=");
+        n->expr = parse_or_tuple(true);
+        expect(Tok::block_end, "'%}'");
+        return n;
+      }
       if (peek().type != Tok::name) fail("expected a variable name after 'set'" + found());
       const std::string var = next().text;
       std::string attr;
@@ -766,16 +781,18 @@ class Parser {
     }
     return l;
   }
-  ExprPtr parse_unary() {
+  // As Jinja2: a sign applies to what follows it before any filter or test, so `-1|abs` is (-1)|abs.
+  ExprPtr parse_unary(bool with_filters = true) {
     DepthGuard guard(*this);
     if (is_op("-") || is_op("+")) {
       const Token& at = next();
       auto e = make_expr(Expr::Kind::unary, at);
       e->name = at.text;
-      e->children.push_back(parse_unary());
-      return parse_filters(std::move(e));
+      e->children.push_back(parse_unary(false));
+      return with_filters ? parse_filters(std::move(e)) : std::move(e);
     }
-    return parse_filters(parse_postfix(parse_primary()));
+    auto e = parse_postfix(parse_primary());
+    return with_filters ? parse_filters(std::move(e)) : std::move(e);
   }
 
   void parse_call_args(Expr& e) {

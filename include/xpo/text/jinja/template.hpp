@@ -68,10 +68,8 @@ inline std::vector<std::string> py_split(const std::string& s, const Value* sep,
     while (true) {
       while (i < u.size() && py_space(u[i])) ++i;
       if (i >= u.size()) break;
-      if (maxsplit >= 0 && static_cast<std::int64_t>(out.size()) == maxsplit) {
-        std::size_t e = u.size();
-        while (e > i && py_space(u[e - 1])) --e;
-        out.push_back(from_u32(std::u32string_view(u).substr(i, e - i)));
+      if (maxsplit >= 0 && static_cast<std::int64_t>(out.size()) == maxsplit) {  // the rest as is, as CPython
+        out.push_back(from_u32(std::u32string_view(u).substr(i)));
         break;
       }
       std::size_t j = i;
@@ -573,7 +571,11 @@ class Renderer {
       }})));
       {
         const MeterScope unmetered(std::nullopt);  // the items were charged when copied into `loop`
-        vars()["loop"] = Value(std::move(loop));
+        Value loop_value(std::move(loop));
+        // loop.changed() keeps the values it was given, a namespace among them maybe: counting `loop` as holding
+        // one keeps it out of namespaces, so that no value can come to contain itself (see Dict)
+        loop_value.holds_namespace = true;
+        vars()["loop"] = std::move(loop_value);
       }
       const Flow f = render(n.body);
       if (f == Flow::break_) break;
@@ -644,9 +646,23 @@ class Renderer {
     return Undefined{};
   }
 
+  // The dict methods a template may call; as in Python, `d.items` is the method even where d has a key "items"
+  // (Jinja2's `.` tries the attribute first; `d['items']` is the key).
+  static bool is_dict_method(const std::string& name) {
+    return name == "items" || name == "keys" || name == "values" || name == "get";
+  }
+
   Value get_attr(const Value& obj, const std::string& name, const Expr& e) {
     if (obj.is_undefined()) fail("'" + std::get<Undefined>(obj.v).name + "' is undefined (reading ." + name + ")", e);
     if (obj.is_dict()) {
+      if (!obj.dict().is_namespace && is_dict_method(name)) {  // the bound method, as a value
+        const Expr* where = &e;
+        Value method(std::make_shared<Function>("dict." + name, [this, obj, name, where](const Arguments& a) {
+          return call_method(obj, name, a, *where);
+        }));
+        method.holds_namespace = obj.holds_namespace;  // it holds `obj`: a namespace may not hold it if obj holds one
+        return method;
+      }
       if (const Value* v = obj.dict().find(name)) return *v;
       return Undefined{name};
     }
@@ -731,7 +747,8 @@ class Renderer {
     const Expr& callee = *e.children[0];
     if (callee.kind == Expr::Kind::attr) {
       const Value obj = eval(*callee.children[0]);
-      if (obj.is_string() || (obj.is_dict() && !obj.dict().find(callee.name)) || obj.is_list()) {
+      const bool dict_method = obj.is_dict() && ((!obj.dict().is_namespace && is_dict_method(callee.name)) || !obj.dict().find(callee.name));
+      if (obj.is_string() || dict_method || obj.is_list()) {
         Arguments args = eval_args(e, 1);
         try {
           return call_method(obj, callee.name, args, e);
@@ -815,9 +832,81 @@ class Renderer {
         return py_replace(s, str_arg(a, 0, "old"), str_arg(a, 1, "new"), int_arg(a, 2, "count", -1),
                           limits_.max_output_bytes);
       }
-      if (name == "find") {
-        const auto at = s.find(str_arg(a, 0, "sub"));
+      if (name == "find" || name == "rfind") {
+        const std::string sub = str_arg(a, 0, "sub");
+        const auto at = name == "find" ? s.find(sub) : s.rfind(sub);
         return at == std::string::npos ? std::int64_t{-1} : static_cast<std::int64_t>(to_u32(s.substr(0, at)).size());
+      }
+      if (name == "removeprefix" || name == "removesuffix") {
+        const std::string affix = str_arg(a, 0, name == "removeprefix" ? "prefix" : "suffix");
+        if (affix.size() > s.size()) return s;
+        if (name == "removeprefix") return s.compare(0, affix.size(), affix) == 0 ? s.substr(affix.size()) : s;
+        return s.compare(s.size() - affix.size(), affix.size(), affix) == 0 ? s.substr(0, s.size() - affix.size()) : s;
+      }
+      if (name == "rsplit") {  // Python: splits from the right, at most maxsplit times
+        const Value* sep = a.get(0, "sep");
+        const std::int64_t maxsplit = int_arg(a, 1, "maxsplit", -1);
+        if (maxsplit < 0 || sep == nullptr || sep->is_none()) {
+          if (maxsplit < 0) {
+            List parts;
+            for (auto& p : py_split(s, sep, -1)) parts.emplace_back(std::move(p));
+            return Value::make_list(std::move(parts));
+          }
+          throw Error("rsplit: maxsplit needs a separator here");
+        }
+        if (!sep->is_string() || sep->str().empty()) throw Error("rsplit: the separator must be a non-empty string");
+        const std::string& d = sep->str();
+        std::vector<std::string> pieces;
+        std::size_t end = s.size();
+        while (static_cast<std::int64_t>(pieces.size()) < maxsplit) {
+          if (end < d.size()) break;
+          const auto at = s.rfind(d, end - d.size());
+          if (at == std::string::npos) break;
+          pieces.push_back(s.substr(at + d.size(), end - at - d.size()));
+          end = at;
+        }
+        pieces.push_back(s.substr(0, end));
+        List parts;
+        for (auto it = pieces.rbegin(); it != pieces.rend(); ++it) parts.emplace_back(*it);
+        return Value::make_list(std::move(parts));
+      }
+      if (name == "splitlines") {
+        List parts;
+        std::size_t start = 0;
+        for (std::size_t i = 0; i < s.size(); ++i) {
+          if (s[i] != '\n' && s[i] != '\r') continue;
+          parts.emplace_back(s.substr(start, i - start));
+          if (s[i] == '\r' && i + 1 < s.size() && s[i + 1] == '\n') ++i;
+          start = i + 1;
+        }
+        if (start < s.size()) parts.emplace_back(s.substr(start));
+        return Value::make_list(std::move(parts));
+      }
+      if (name == "ljust" || name == "rjust" || name == "center" || name == "zfill") {
+        const std::int64_t width = int_arg(a, 0, "width", 0);
+        const std::size_t have = to_u32(s).size();
+        if (width <= 0 || static_cast<std::uint64_t>(width) <= have) return s;
+        if (static_cast<std::uint64_t>(width) > limits_.max_output_bytes) string_too_long(limits_.max_output_bytes);
+        const std::size_t pad = static_cast<std::size_t>(width) - have;
+        if (name == "zfill") {
+          const std::size_t sign = !s.empty() && (s[0] == '+' || s[0] == '-') ? 1 : 0;
+          return s.substr(0, sign) + std::string(pad, '0') + s.substr(sign);
+        }
+        const Value* fill_arg = a.get(1, "fillchar");
+        std::string fill = " ";
+        if (fill_arg != nullptr) {
+          if (!fill_arg->is_string() || to_u32(fill_arg->str()).size() != 1) throw Error(name + "(): the fill character must be exactly one character long");
+          fill = fill_arg->str();
+        }
+        const auto repeat = [&](std::size_t n) {
+          std::string out;
+          for (std::size_t k = 0; k < n; ++k) out += fill;
+          return out;
+        };
+        if (name == "ljust") return s + repeat(pad);
+        if (name == "rjust") return repeat(pad) + s;
+        const std::size_t left = pad / 2 + (pad & static_cast<std::size_t>(width) & 1);
+        return repeat(left) + s + repeat(pad - left);
       }
       if (name == "count") {
         const std::string sub = str_arg(a, 0, "sub");
@@ -839,6 +928,17 @@ class Renderer {
           if (out.size() > limits_.max_output_bytes) string_too_long(limits_.max_output_bytes);
         }
         return out;
+      }
+      if (name == "isalnum" || name == "isnumeric" || name == "isdecimal") {
+        const std::u32string u = to_u32(s);
+        if (u.empty()) return false;
+        return std::all_of(u.begin(), u.end(), [&](char32_t c) {
+          const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
+          const bool digit = cat == UTF8PROC_CATEGORY_ND;
+          if (name == "isdecimal") return digit;
+          if (name == "isnumeric") return digit || cat == UTF8PROC_CATEGORY_NL || cat == UTF8PROC_CATEGORY_NO;
+          return digit || cat == UTF8PROC_CATEGORY_NL || cat == UTF8PROC_CATEGORY_NO || (cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO);
+        });
       }
       if (name == "isdigit" || name == "isspace" || name == "isalpha") {
         const std::u32string u = to_u32(s);
@@ -1126,14 +1226,24 @@ class Renderer {
       const bool use = v.is_undefined() || (boolean != nullptr && truthy(*boolean) && !truthy(v));
       return use ? (fallback != nullptr ? *fallback : Value(std::string())) : v;
     }
-    if (f == "tojson") {
-      const Value* indent = a.get(0, "indent");
+    if (f == "tojson") {  // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
+      const Value* indent = a.get(1, "indent");
+      JsonStyle style;
+      if (const Value* ascii = a.get(0, "ensure_ascii")) style.ensure_ascii = truthy(*ascii);
+      if (const Value* sort = a.get(3, "sort_keys")) style.sort_keys = truthy(*sort);
+      if (const Value* seps = a.get(2, "separators"); seps != nullptr && !seps->is_none()) {
+        if (!seps->is_list() || seps->list().size() != 2 || !seps->list()[0].is_string() || !seps->list()[1].is_string()) {
+          throw Error("separators must be a pair of strings");
+        }
+        style.item_separator = seps->list()[0].str();
+        style.key_separator = seps->list()[1].str();
+      }
       std::string out;
       // json.dumps indents by ' ' * indent: a negative indent is 0 (new lines, no spaces); -1 here means none
       const int spaces = indent != nullptr && indent->is_int()
                              ? static_cast<int>(std::clamp<std::int64_t>(indent->as_int(), 0, std::numeric_limits<int>::max()))
                              : -1;
-      dump_json(v, spaces, 0, out, e.line, e.column, limits_.max_output_bytes);
+      dump_json(v, spaces, 0, out, e.line, e.column, limits_.max_output_bytes, &style);
       return out;
     }
     if (f == "string") return text_of(v);
@@ -1160,9 +1270,26 @@ class Renderer {
     }
     if (f == "dictsort") {
       if (!v.is_dict()) throw Error("needs a mapping");
+      // Jinja2's dictsort(case_sensitive=False, by='key', reverse=False)
       List items = call_method(v, "items", {}, e).list();
-      std::stable_sort(items.begin(), items.end(), [](const Value& x, const Value& y) {
-        return map_case(x.list()[0].str(), 0) < map_case(y.list()[0].str(), 0);
+      const Value* case_sensitive = a.get(0, "case_sensitive");
+      const Value* by = a.get(1, "by");
+      const Value* rev = a.get(2, "reverse");
+      const bool fold = case_sensitive == nullptr || !truthy(*case_sensitive);
+      const bool reverse = rev != nullptr && truthy(*rev);
+      std::size_t pos = 0;
+      if (by != nullptr) {
+        const std::string b = text_of(*by);
+        if (b == "value") pos = 1;
+        else if (b != "key") throw Error("You can only sort by either 'key' or 'value'");
+      }
+      const auto less = [&](const Value& kx, const Value& ky) {
+        if (kx.is_number() && ky.is_number()) return kx.as_double() < ky.as_double();
+        if (kx.is_string() && ky.is_string()) return fold ? map_case(kx.str(), 0) < map_case(ky.str(), 0) : kx.str() < ky.str();
+        throw Error("cannot compare '" + std::string(type_name(kx)) + "' and '" + type_name(ky) + "'");
+      };
+      std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
+        return reverse ? less(y.list()[pos], x.list()[pos]) : less(x.list()[pos], y.list()[pos]);
       });
       return Value::make_list(std::move(items));
     }
@@ -1258,13 +1385,18 @@ class Renderer {
       const Value* rev = a.get(0, "reverse");
       const Value* attr = a.get(2, "attribute");
       const auto key = [&](const Value& x) { return attr != nullptr ? attribute_of(x, text_of(*attr), e) : x; };
-      std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
-        const Value kx = key(x), ky = key(y);
+      const bool reverse = rev != nullptr && truthy(*rev);
+      const Value* case_sensitive = a.get(1, "case_sensitive");
+      const bool fold = case_sensitive == nullptr || !truthy(*case_sensitive);
+      const auto less = [&](const Value& kx, const Value& ky) {
         if (kx.is_number() && ky.is_number()) return kx.as_double() < ky.as_double();
-        if (kx.is_string() && ky.is_string()) return map_case(kx.str(), 0) < map_case(ky.str(), 0);
+        if (kx.is_string() && ky.is_string()) return fold ? map_case(kx.str(), 0) < map_case(ky.str(), 0) : kx.str() < ky.str();
         throw Error("cannot compare '" + std::string(type_name(kx)) + "' and '" + type_name(ky) + "'");
+      };
+      // Python's sorted(reverse=True) stays stable: equal items keep their order
+      std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
+        return reverse ? less(key(y), key(x)) : less(key(x), key(y));
       });
-      if (rev != nullptr && truthy(*rev)) std::reverse(items.begin(), items.end());
       return Value::make_list(std::move(items));
     }
     if (f == "sum" || f == "min" || f == "max") {

@@ -439,11 +439,23 @@ Value from_json(const Json& j, std::uint32_t depth = 0) {
   return Value(std::move(d));
 }
 
-// Python's json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=False), as transformers' tojson filter
-// calls it: separators ", " / ": " without indent, "," / ": " with it.
+// json.dumps' options besides indent: separators (item, key; empty: ", " / ": " without indent, "," / ": "
+// with it), sort_keys, ensure_ascii (non-ASCII as \uXXXX escapes, UTF-16 surrogate pairs beyond the BMP).
+struct JsonStyle {
+  std::optional<std::string> item_separator, key_separator;
+  bool sort_keys = false;
+  bool ensure_ascii = false;
+};
+
+// Python's json.dumps(x, ensure_ascii=..., indent=indent, separators=..., sort_keys=...), as transformers' tojson
+// filter calls it (defaults: ensure_ascii=False, separators by indent, unsorted keys).
 // The text may not grow past max_bytes (TemplateError).
 inline void dump_json(const Value& x, int indent, int depth, std::string& out, int line, int column,
-                      std::size_t max_bytes = kUnbounded) {
+                      std::size_t max_bytes = kUnbounded, const JsonStyle* style = nullptr) {
+  static const JsonStyle kDefault;
+  if (style == nullptr) style = &kDefault;
+  const std::string item_sep = style->item_separator ? *style->item_separator : indent < 0 ? ", " : ",";
+  const std::string key_sep = style->key_separator ? *style->key_separator : ": ";
   if (depth > 256) throw TemplateError("tojson: nesting deeper than 256", line, column);
   if (out.size() > max_bytes) {
     throw TemplateError("tojson: the text is longer than the limit of " + std::to_string(max_bytes) + " bytes", line, column);
@@ -472,8 +484,28 @@ inline void dump_json(const Value& x, int indent, int depth, std::string& out, i
     out += std::isnan(d) ? "NaN" : std::isinf(d) ? (d > 0 ? "Infinity" : "-Infinity") : python_float(d);
   } else if (x.is_string()) {
     out += '"';
-    for (const char c : x.str()) {
+    const std::string& text = x.str();
+    for (std::size_t ci = 0; ci < text.size(); ++ci) {
+      const char c = text[ci];
       const auto u = static_cast<unsigned char>(c);
+      if (u >= 0x80 && style->ensure_ascii) {  // \uXXXX, as a surrogate pair past U+FFFF
+        const std::size_t n = std::max<std::size_t>(utf8_sequence_length(text, ci), 1);
+        const char32_t cp = decode_utf8_at(text, ci, n);
+        ci += n - 1;
+        const auto hex4 = [&](unsigned v) {
+          static const char* hex = "0123456789abcdef";
+          out += "\\u";
+          for (int shift = 12; shift >= 0; shift -= 4) out += hex[(v >> shift) & 15];
+        };
+        if (cp >= 0x10000) {
+          const unsigned w = static_cast<unsigned>(cp) - 0x10000;
+          hex4(0xD800 + (w >> 10));
+          hex4(0xDC00 + (w & 0x3FF));
+        } else {
+          hex4(static_cast<unsigned>(cp));
+        }
+        continue;
+      }
       switch (c) {
         case '"': out += "\\\""; break;
         case '\\': out += "\\\\"; break;
@@ -502,9 +534,9 @@ inline void dump_json(const Value& x, int indent, int depth, std::string& out, i
     }
     out += '[';
     for (std::size_t i = 0; i < l.size(); ++i) {
-      if (i) out += indent < 0 ? ", " : ",";
+      if (i) out += item_sep;
       newline(depth + 1);
-      dump_json(l[i], indent, depth + 1, out, line, column, max_bytes);
+      dump_json(l[i], indent, depth + 1, out, line, column, max_bytes, style);
     }
     newline(depth);
     out += ']';
@@ -515,12 +547,18 @@ inline void dump_json(const Value& x, int indent, int depth, std::string& out, i
       return;
     }
     out += '{';
-    for (std::size_t i = 0; i < d.items.size(); ++i) {
-      if (i) out += indent < 0 ? ", " : ",";
+    std::vector<std::size_t> order(d.items.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    if (style->sort_keys) {
+      std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return d.items[a].first < d.items[b].first; });
+    }
+    for (std::size_t k = 0; k < order.size(); ++k) {
+      const std::size_t i = order[k];
+      if (k) out += item_sep;
       newline(depth + 1);
-      dump_json(Value(d.items[i].first), indent, depth + 1, out, line, column, max_bytes);
-      out += ": ";
-      dump_json(d.items[i].second, indent, depth + 1, out, line, column, max_bytes);
+      dump_json(Value(d.items[i].first), indent, depth + 1, out, line, column, max_bytes, style);
+      out += key_sep;
+      dump_json(d.items[i].second, indent, depth + 1, out, line, column, max_bytes, style);
     }
     newline(depth);
     out += '}';
