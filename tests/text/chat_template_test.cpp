@@ -471,6 +471,17 @@ TEST(JinjaConstructs, ErrorsWhereJinja2Raises) {
 }
 
 
+TEST(JinjaConstructs, MoreOfJinja2AndTransformers) {
+  EXPECT_EQ(render("{{ -1|abs }}|{{ -(2)|string }}|{{ -d.a }}|{{ - 2 ** 2 }}", kVars), "1|-2|-1|4");
+  EXPECT_EQ(render("{% set spec = {'type': 'array', 'items': {'type': 'string'}} %}{% for k, v in spec.items() %}{{ k }};{% endfor %}{{ spec['items'].type }}|{{ spec.get('type') }}", kVars), "type;items;string|array");
+  EXPECT_EQ(render("{{ {'b': 1, 'a': [1, 2]}|tojson(separators=(',', ':')) }}|{{ {'b': 1, 'a': 2}|tojson(sort_keys=true) }}|{{ 'é🤗'|tojson(ensure_ascii=true) }}|{{ [1, 2]|tojson(indent=1) }}", kVars), "{\"b\":1,\"a\":[1,2]}|{\"a\": 2, \"b\": 1}|\"\\u00e9\\ud83e\\udd17\"|[\n 1,\n 2\n]");
+  EXPECT_EQ(render("{{ [{'n': 'a', 'k': 1}, {'n': 'b', 'k': 2}, {'n': 'c', 'k': 1}]|sort(attribute='k', reverse=true)|map(attribute='n')|join }}|{{ ['b', 'A', 'a']|sort }}|{{ ['b', 'A', 'a']|sort(case_sensitive=true) }}", kVars), "bac|['A', 'a', 'b']|['A', 'a', 'b']");
+  EXPECT_EQ(render("{% for k, v in {'b': 1, 'A': 3, 'c': 2}|dictsort %}{{ k }}{% endfor %}|{% for k, v in {'b': 1, 'A': 3, 'c': 2}|dictsort(by='value', reverse=true) %}{{ k }}{% endfor %}|{% for k, v in {'b': 1, 'A': 3}|dictsort(true) %}{{ k }}{% endfor %}", kVars), "Abc|Acb|Ab");
+  EXPECT_EQ(render("{{ ' a b  c '.split(none, 1) }}|{{ 'a,b,c'.rsplit(',', 1) }}|{{ 'x\\ny\\r\\nz'.splitlines() }}|{{ 'abcabc'.rfind('b') }}|{{ 'abc'.removeprefix('ab') }}{{ 'abc'.removesuffix('bc') }}", kVars), "['a', 'b  c ']|['a,b', 'c']|['x', 'y', 'z']|4|ca");
+  EXPECT_EQ(render("{{ 'ab'.ljust(5, '*') }}|{{ 'ab'.rjust(5) }}|{{ 'ab'.center(7, '-') }}|{{ '-42'.zfill(6) }}|{{ 'a1'.isalnum() }}{{ '12'.isnumeric() }}{{ '1.2'.isdecimal() }}", kVars), "ab***|   ab|---ab--|-00042|TrueTrueFalse");
+  EXPECT_EQ(render("{% set (a, b) = [1, 2] %}{{ b }}{{ a }}", kVars), "21");
+}
+
 // Macros calling macros are bounded in depth (a template cannot exhaust the stack) and in number (each call counts
 // as a loop iteration, so doubling recursion stops at the loop limit).
 TEST(JinjaConstructs, MacroRecursionIsBounded) {
