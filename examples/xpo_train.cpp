@@ -505,7 +505,7 @@ int main_impl(int argc, char** argv) {
   flags.add("lora_r", args.lora_r, "LoRA rank");
   flags.add("lora_alpha", args.lora_alpha, "LoRA alpha (scaling = alpha / r)");
   flags.add("lora_dropout", args.lora_dropout, "LoRA dropout");
-  flags.add("lora_target_modules", args.lora_target_modules, "LoRA targets among q_proj k_proj v_proj o_proj gate_proj up_proj down_proj");
+  flags.add("lora_target_modules", args.lora_target_modules, "LoRA targets among q_proj k_proj v_proj o_proj gate_proj up_proj down_proj qkv_proj gate_up_proj (default: PEFT's for the model type, phi3: qkv_proj,o_proj,gate_up_proj,down_proj)");
   flags.add("resume_from_checkpoint", args.resume_from_checkpoint, "\"latest\" or a checkpoint folder of this output_dir");
   flags.add("report_to", args.report_to, "where metrics go: jsonl (metrics.jsonl), tensorboard (runs/), all, none");
   flags.add("bf16", args.bf16, "train in bfloat16 (same as --dtype bfloat16)");
@@ -578,7 +578,10 @@ int main_impl(int argc, char** argv) {
   auto tokenizer = xpo::text::Tokenizer::from_pretrained(model_path, args.tokenizer_limits());
   auto policy = xpo::models::load_causal_lm(model_path, xpo::torch_device(config), xpo::torch_dtype(config));
   if (args.use_peft) {
-    policy->enable_lora({.r = args.lora_r, .alpha = args.lora_alpha, .dropout = args.lora_dropout, .target_modules = args.lora_target_modules});
+    // Not given: PEFT's default targets for this model type (phi3 adapts its fused layers).
+    const auto targets = flags.given("lora_target_modules") ? args.lora_target_modules
+                                                            : xpo::models::default_lora_targets(policy->config().model_type);
+    policy->enable_lora({.r = args.lora_r, .alpha = args.lora_alpha, .dropout = args.lora_dropout, .target_modules = targets});
   }
   const auto load_rm = [&](const fs::path& p) { return xpo::models::load_reward_model(p, xpo::torch_device(config), xpo::torch_dtype(config)); };
   if (!args.reward_model_path.empty()) {
