@@ -459,7 +459,8 @@ class Renderer {
       auto extra_keyword = std::make_shared<Dict>();
       Value caller;
       for (const auto& [key, value] : a.keyword) {
-        const bool is_param = std::any_of(m.params.begin(), m.params.end(), [&](const auto& p) { return p.first == key; });
+        const std::string& keyword = key;  // (clang before 16 cannot capture a structured binding)
+        const bool is_param = std::any_of(m.params.begin(), m.params.end(), [&](const auto& p) { return p.first == keyword; });
         if (is_param) continue;
         if (key == "caller") {
           caller = value;
