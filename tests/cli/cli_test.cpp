@@ -883,6 +883,12 @@ TEST_F(CliTest, PairRMJudgeRunsWithStandardAndConversationalPrompts) {
     ASSERT_EQ(lines.size(), 2u);
     EXPECT_TRUE(lines[1].contains("rewards/margins"));
     EXPECT_FALSE(lines[1].contains("objective/model_scores")) << "a judge gives no scores";
+    // PairRM's mean probability that the policy's sample is the better one (a judge metric of xpo's own).
+    for (const auto& line : lines) {
+      ASSERT_TRUE(line.contains("objective/judge_policy_prob")) << line.dump();
+      const double p = line.at("objective/judge_policy_prob").get<double>();
+      EXPECT_TRUE(p >= 0 && p <= 1) << p;
+    }
   }
   auto args = tiny_run(write_prompts("q.jsonl", 4, false), dir_ / "refused");
   drop_flag(args, "--missing_eos_penalty");

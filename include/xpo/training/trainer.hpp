@@ -283,6 +283,7 @@ class Trainer {
     const CompletionBatch model_batch{batch.ids, batch.mask, model_c.ids, model_c.mask, batch.texts, decode_rows(model_c), batch.messages};
     const CompletionBatch ref_batch{batch.ids, batch.mask, ref_c.ids, ref_c.mask, batch.texts, decode_rows(ref_c), batch.messages};
     training::Preference preference;
+    std::optional<double> judge_policy_prob;  // the judge's mean probability that the policy's sample is better
     if constexpr (RewardScorer<Scorer>) {
       const auto model_scores = scorer_.score(model_batch).to(device_).to(torch::kFloat);
       const auto ref_scores = scorer_.score(ref_batch).to(device_).to(torch::kFloat);
@@ -291,6 +292,10 @@ class Trainer {
       std::vector<CompletionPair> pairs;
       for (std::size_t i = 0; i < rows.size(); ++i) pairs.push_back({model_batch.completions[i], ref_batch.completions[i]});
       preference = training::preference_from_judgements(scorer_.judge(batch.texts, pairs), device_);
+      if constexpr (requires { scorer_.last_first_probabilities(); }) {  // a judge with probabilities (PairRM)
+        const auto& p = scorer_.last_first_probabilities();
+        if (!p.empty()) judge_policy_prob = std::accumulate(p.begin(), p.end(), 0.0) / static_cast<double>(p.size());
+      }
     }
     const auto t2 = Clock::now();
     // 5.–7. log-probs over ONE 2B batch per model, loss, backward
@@ -301,6 +306,7 @@ class Trainer {
 
     auto metrics = result.metrics;
     metrics["loss"] = result.loss.loss.detach().template item<double>();
+    if (judge_policy_prob) metrics["objective/judge_policy_prob"] = *judge_policy_prob;
     const auto tokens = model_c.mask.sum().template item<double>() + ref_c.mask.sum().template item<double>();
     window_.add(metrics);
     window_.tokens += tokens;
