@@ -482,6 +482,15 @@ TEST(JinjaConstructs, MoreOfJinja2AndTransformers) {
   EXPECT_EQ(render("{% set (a, b) = [1, 2] %}{{ b }}{{ a }}", kVars), "21");
 }
 
+TEST(JinjaConstructs, RawBlocksAndMacroClosures) {
+  EXPECT_EQ(render("{% for i in [1, 2] %}{% macro m() %}{{ i }}{% endmacro %}{{ m() }}{% endfor %}", kVars), "12");
+  EXPECT_EQ(render("{% set x = 0 %}{% macro m() %}{{ x }}{% endmacro %}{% set x = 1 %}{{ m() }}", kVars), "1");
+  EXPECT_EQ(render("a {% raw %}{{ x }}{% if %}{% endraw %} b", kVars), "a {{ x }}{% if %} b");
+  EXPECT_EQ(render("a\n  {% raw %}\n {{ x }} \n  {% endraw %}\nb", kVars), "a\n\n {{ x }} \nb");
+  EXPECT_EQ(render("a {%- raw -%}  {{ x }}  {%- endraw -%}  b", kVars), "a{{ x }}b");
+  EXPECT_EQ(render("{% raw %}{% endraw %}{% raw %}x{%endraw%}", kVars), "x");
+  expect_template_error("x\n{% raw %}{{ y }}", "unclosed raw block", 2, 1);
+}
 // Macros calling macros are bounded in depth (a template cannot exhaust the stack) and in number (each call counts
 // as a loop iteration, so doubling recursion stops at the loop limit).
 TEST(JinjaConstructs, MacroRecursionIsBounded) {

@@ -100,6 +100,7 @@ class Lexer {
         continue;
       }
       const bool is_block = kind == '%';
+      if (is_block && lex_raw(open, pos, strip_next)) continue;
       push(is_block ? Tok::block_begin : Tok::var_begin, "", open);
       pos = lex_tag(pos, is_block, open, strip_next);
     }
@@ -149,6 +150,52 @@ class Lexer {
       }
     }
     tokens_.push_back({type, std::move(text), line_, column_});
+  }
+
+  // {% raw %}...{% endraw %} at `open` (`pos` is after its '{%' and modifier): the text between is kept as is. As
+  // Jinja2: '-' on the raw tag strips the text's leading whitespace, '-' on endraw its trailing whitespace and the
+  // whitespace after it; trim_blocks drops the newline after endraw. Returns false when the tag is not raw.
+  bool lex_raw(std::size_t open, std::size_t& pos, bool& strip_next) {
+    const auto is_ident = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+    const auto skip_spaces = [&](std::size_t p) {
+      while (p < src_.size() && is_space(src_[p])) ++p;
+      return p;
+    };
+    std::size_t p = skip_spaces(pos);
+    if (src_.compare(p, 3, "raw") != 0 || (p + 3 < src_.size() && is_ident(src_[p + 3]))) return false;
+    p = skip_spaces(p + 3);
+    const bool strip_inside = p < src_.size() && src_[p] == '-';
+    if (strip_inside) ++p;
+    if (src_.compare(p, 2, "%}") != 0) error("expected '%}' after 'raw'", p);
+    const std::size_t body = p + 2;
+    for (std::size_t q = src_.find("{%", body); q != std::string_view::npos; q = src_.find("{%", q + 2)) {
+      std::size_t r = q + 2;
+      const bool strip_before = r < src_.size() && src_[r] == '-';
+      if (r < src_.size() && (src_[r] == '-' || src_[r] == '+')) ++r;
+      r = skip_spaces(r);
+      if (src_.compare(r, 6, "endraw") != 0 || (r + 6 < src_.size() && is_ident(src_[r + 6]))) continue;
+      r = skip_spaces(r + 6);
+      const bool strip_after = r < src_.size() && src_[r] == '-';
+      if (strip_after || (r < src_.size() && src_[r] == '+')) ++r;
+      if (src_.compare(r, 2, "%}") != 0) error("expected '%}' after 'endraw'", r);
+      std::size_t b = body, e = q;
+      if (strip_inside) {
+        while (b < e && is_space(src_[b])) ++b;
+      }
+      if (strip_before) {
+        while (e > b && is_space(src_[e - 1])) --e;
+      } else if (options_.lstrip_blocks && src_[q + 2] != '+') {  // endraw is a block tag: lstrip_blocks applies
+        std::size_t k = e;
+        while (k > b && (src_[k - 1] == ' ' || src_[k - 1] == '\t')) --k;
+        if (k > b && src_[k - 1] == '\n') e = k;
+      }
+      if (e > b) push(Tok::text, std::string(src_.substr(b, e - b)), b);
+      pos = r + 2;
+      strip_next = strip_after;
+      if (!strip_after && options_.trim_blocks) pos = skip_newline(pos);
+      return true;
+    }
+    error("unclosed raw block: no '{% endraw %}' after it", open);
   }
 
   // Tokens of one {{ }} or {% %} tag; returns the position after its close.

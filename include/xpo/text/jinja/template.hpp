@@ -370,7 +370,7 @@ class Renderer {
       case Node::Kind::break_: return Flow::break_;
       case Node::Kind::continue_: return Flow::continue_;
       case Node::Kind::block: return render(n.body);
-      case Node::Kind::macro: vars()[n.text] = make_macro(n, kNoScope); return Flow::normal;
+      case Node::Kind::macro: vars()[n.text] = make_macro(n, scopes_.size() - 1); return Flow::normal;
       case Node::Kind::call_block: {
         // the body becomes `caller`, a macro that sees the variables of this place in the template
         const Value caller = make_macro(n, scopes_.size() - 1);
@@ -441,7 +441,9 @@ class Renderer {
       }
       count_iteration(m.line, m.column);
       const std::size_t caller_scope_base = scopes_.size();
-      scopes_.push_back({{}, parent == kNoScope ? 0 : parent});
+      // the scope the macro was defined in (a closure, as in Jinja2); should that scope be gone (a macro kept past
+      // its loop), the template's top level
+      scopes_.push_back({{}, parent < caller_scope_base ? parent : 0});
       struct Frame {  // leaves the macro's scope and depth however the call ends
         Renderer& r;
         std::size_t size;
