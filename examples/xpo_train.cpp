@@ -41,6 +41,7 @@ struct ScriptArgs {
   std::string reward_rule;
   std::string dataset_name;
   std::string eval_dataset;
+  std::string chat_template_kwargs;  // a JSON object: extra chat-template variables for every prompt (rows' own win)
   double eval_fraction = 0.0;
   bool skip_bad_rows = false;
   std::int64_t num_eval_samples = 4;
@@ -51,7 +52,7 @@ struct ScriptArgs {
   std::vector<std::string> lora_target_modules{"q_proj", "v_proj"};
   std::string resume_from_checkpoint;
   std::vector<std::string> report_to{"jsonl", "tensorboard"};
-  bool bf16 = false;
+  std::string torch_dtype;  // TRL's model_init_kwargs torch_dtype: another name for --dtype
   std::int64_t log_completions_steps = 0;
   // bounds on untrusted input (defaults: the library's)
   std::int64_t max_dataset_line_bytes = static_cast<std::int64_t>(xpo::io::PromptDatasetOptions{}.max_line_bytes);
@@ -196,8 +197,14 @@ void check_conflicts(const ScriptArgs& a, const xpo::XPOConfig& c, const xpo::Fl
                 "constant_with_warmup");
   if (given("max_steps") && given("num_train_epochs") && c.max_steps > 0)
     p.push_back("give --max_steps or --num_train_epochs, not both (max_steps would override num_train_epochs)");
-  if (a.bf16 && given("dtype") && c.dtype != "bfloat16")
-    p.push_back("--bf16 conflicts with --dtype " + c.dtype + "; give one");
+  if (given("torch_dtype") && given("dtype") && a.torch_dtype != c.dtype)
+    p.push_back("--torch_dtype " + a.torch_dtype + " conflicts with --dtype " + c.dtype + " (the same setting); give one");
+  if (given("torch_dtype") && a.torch_dtype != "float32" && a.torch_dtype != "bfloat16" && a.torch_dtype != "float16" &&
+      a.torch_dtype != "float64")
+    p.push_back("--torch_dtype " + a.torch_dtype + ": must be float32, bfloat16, float16 or float64");
+  else if (given("torch_dtype") && ((c.bf16 && a.torch_dtype == "float16") || (c.fp16 && a.torch_dtype == "bfloat16")))
+    p.push_back(std::string(c.bf16 ? "--bf16" : "--fp16") + " conflicts with --torch_dtype " + a.torch_dtype +
+                " (compute in one 16-bit type, weights in the other)");
   if (c.temperature == 0)
     for (const char* sampling : {"top_k", "top_p", "min_p"})
       if (given(sampling)) p.push_back(std::string("--") + sampling + " has no effect with --temperature 0 (greedy decoding)");
@@ -244,6 +251,10 @@ std::vector<std::string> check(const ScriptArgs& a, const xpo::XPOConfig& c, con
     } catch (const xpo::ConfigError& e) {
       p.push_back(std::string("--reward_rule: ") + e.what());
     }
+  }
+  if (!a.chat_template_kwargs.empty()) {
+    const auto j = ordered_json::parse(a.chat_template_kwargs, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) p.push_back("--chat_template_kwargs: expected a JSON object, e.g. '{\"enable_thinking\": false}'");
   }
   if (!a.eval_dataset.empty() && !fs::exists(a.eval_dataset)) p.push_back("--eval_dataset " + a.eval_dataset + ": no such file or folder");
   if (!(a.eval_fraction >= 0 && a.eval_fraction < 1)) p.push_back("--eval_fraction: must be in [0, 1)");
@@ -497,6 +508,9 @@ int main_impl(int argc, char** argv) {
   flags.add("reward_rule", args.reward_rule, "a built-in rule used as the reward: positivity or concise");
   flags.add("dataset_name", args.dataset_name, "prompt set: a JSONL file or a folder of *.jsonl with a \"prompt\" column");
   flags.add("eval_dataset", args.eval_dataset, "held-out prompts (JSONL file or folder)");
+  flags.add("chat_template_kwargs", args.chat_template_kwargs,
+            "a JSON object of extra chat-template variables for every prompt, e.g. '{\"enable_thinking\": false}' "
+            "(a row's own chat_template_kwargs win; rows' tools/documents columns reach the template as well)");
   flags.add("eval_fraction", args.eval_fraction, "hold out this fraction of the prompt set instead (seeded)");
   flags.add("skip_bad_rows", args.skip_bad_rows, "skip and count malformed JSONL lines instead of stopping");
   flags.add("num_eval_samples", args.num_eval_samples, "samples per held-out prompt for the before/after score");
@@ -508,7 +522,8 @@ int main_impl(int argc, char** argv) {
   flags.add("lora_target_modules", args.lora_target_modules, "LoRA targets among q_proj k_proj v_proj o_proj gate_proj up_proj down_proj qkv_proj gate_up_proj (default: PEFT's for the model type, phi3: qkv_proj,o_proj,gate_up_proj,down_proj)");
   flags.add("resume_from_checkpoint", args.resume_from_checkpoint, "\"latest\" or a checkpoint folder of this output_dir");
   flags.add("report_to", args.report_to, "where metrics go: jsonl (metrics.jsonl), tensorboard (runs/), all, none");
-  flags.add("bf16", args.bf16, "train in bfloat16 (same as --dtype bfloat16)");
+  flags.add("torch_dtype", args.torch_dtype, "TRL's model_init_kwargs torch_dtype: the dtype the policy is loaded, "
+                                             "trained and saved in (same as --dtype; default float32)");
   flags.add("nproc", args.nproc, "train data-parallel in N local processes (CPU: Gloo); under a launcher (WORLD_SIZE set) it must match WORLD_SIZE");
   flags.add("dist_timeout", args.dist_timeout, "seconds a rank waits for the others (joining, each collective) before failing");
   flags.add("max_dataset_line_bytes", args.max_dataset_line_bytes, "refuse a JSONL line longer than this");
@@ -531,7 +546,7 @@ int main_impl(int argc, char** argv) {
     for (const auto& p : problems) std::fprintf(stderr, "  %s\n", p.c_str());
     return 2;
   }
-  if (args.bf16) config.dtype = "bfloat16";  // after the checks: --bf16 with another --dtype is refused there
+  if (flags.given("torch_dtype")) config.dtype = args.torch_dtype;  // after the checks: a conflict is refused there
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
 
@@ -563,6 +578,16 @@ int main_impl(int argc, char** argv) {
   xpo::PromptDataset train = std::move(loaded.rows), eval;
   if (!args.eval_dataset.empty()) eval = xpo::io::load_prompt_dataset(args.eval_dataset, data_options).rows;
   else if (args.eval_fraction > 0) std::tie(train, eval) = xpo::io::split_eval(train, args.eval_fraction, static_cast<std::uint64_t>(config.seed));
+  if (!args.chat_template_kwargs.empty()) {  // every row's template variables: these, then the row's own
+    const auto defaults = ordered_json::parse(args.chat_template_kwargs);
+    for (auto* rows : {&train, &eval})
+      for (auto& row : *rows) {
+        auto merged = defaults;
+        if (row.contains("chat_template_kwargs") && row["chat_template_kwargs"].is_object())
+          for (auto it = row["chat_template_kwargs"].begin(); it != row["chat_template_kwargs"].end(); ++it) merged[it.key()] = it.value();
+        row["chat_template_kwargs"] = std::move(merged);
+      }
+  }
   std::fprintf(stderr, "xpo-train: %zu training prompts, %zu held-out\n", train.size(), eval.size());
   if (embedded) {  // the embedded default policy, built once per output_dir (by rank 0)
     const auto base = out / "base-model";
@@ -583,7 +608,9 @@ int main_impl(int argc, char** argv) {
                                                             : xpo::models::default_lora_targets(policy->config().model_type);
     policy->enable_lora({.r = args.lora_r, .alpha = args.lora_alpha, .dropout = args.lora_dropout, .target_modules = targets});
   }
-  const auto load_rm = [&](const fs::path& p) { return xpo::models::load_reward_model(p, xpo::torch_device(config), xpo::torch_dtype(config)); };
+  // Under --bf16/--fp16 the reward model (no optimizer state) is held once, in the low precision.
+  const auto scorer_dtype = xpo::training::autocast_dtype(config).value_or(xpo::torch_dtype(config));
+  const auto load_rm = [&](const fs::path& p) { return xpo::models::load_reward_model(p, xpo::torch_device(config), scorer_dtype); };
   if (!args.reward_model_path.empty()) {
     auto rm_tokenizer = xpo::scoring::reward_tokenizer(args.reward_model_path, model_path, args.tokenizer_limits());
     if (g_world.is_main()) {

@@ -288,6 +288,46 @@ TEST_F(CliTest, ChatTakesSamplingDefaultsFromTheGenerationConfig) {
   EXPECT_CONTAINS(refused.err, "--top_p has no effect with --temperature 0");
 }
 
+// A row's tools/documents columns and --chat_template_kwargs reach the policy's chat template (the row's own
+// chat_template_kwargs win over the flag's); a flag that is not a JSON object is refused.
+TEST_F(CliTest, ToolsColumnsAndChatTemplateKwargsReachTheTemplate) {
+  const auto policy = copy_fixture("models/tiny-qwen2", dir_ / "tools-policy");
+  auto config = xpo::test::read_json(policy / "tokenizer_config.json");
+  config["chat_template"] =
+      "{% if tools %}[tools:{% for t in tools %}{{ t.name }}{% endfor %}]{% endif %}[mode:{{ mode }}]"
+      "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+  write_json_to(policy / "tokenizer_config.json", config);
+  {
+    std::ofstream out(dir_ / "tools.jsonl");
+    for (int i = 0; i < 4; ++i) {
+      ordered_json row = {{"prompt", ordered_json::array({{{"role", "user"}, {"content", "add " + std::to_string(i)}}})},
+                          {"tools", ordered_json::array({{{"name", "calc"}}})}};
+      if (i == 3) row["chat_template_kwargs"] = {{"mode", "slow"}};
+      out << row.dump() << "\n";
+    }
+  }
+  const auto out = dir_ / "tools-run";
+  const auto r = train({"--model_name_or_path", policy.string(), "--dataset_name", (dir_ / "tools.jsonl").string(),
+                        "--eval_dataset", (dir_ / "tools.jsonl").string(), "--output_dir", out.string(),
+                        "--reward_rule", "positivity", "--max_steps", "1", "--per_device_train_batch_size", "2",
+                        "--max_new_tokens", "4", "--log_completions_steps", "1", "--report_to", "none",
+                        "--chat_template_kwargs", R"({"mode": "fast"})"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto rows = xpo::test::read_jsonl(out / "completions.jsonl");
+  ASSERT_EQ(rows.size(), 4u);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const auto prompt = rows[i].at("prompt").get<std::string>();
+    EXPECT_CONTAINS(prompt, "[tools:calc]");
+    EXPECT_CONTAINS(prompt, i == 3 ? "[mode:slow]" : "[mode:fast]");
+  }
+  const auto refused = train({"--model_name_or_path", policy.string(), "--dataset_name", (dir_ / "tools.jsonl").string(),
+                              "--output_dir", (dir_ / "refused").string(), "--reward_rule", "positivity",
+                              "--chat_template_kwargs", "[1, 2]"});
+  EXPECT_EQ(refused.status, 2);
+  EXPECT_CONTAINS(refused.err, "--chat_template_kwargs: expected a JSON object");
+}
+
 // 4. An output_dir holding an earlier sharded save: the new single file wins, and the stale shards and index go.
 TEST_F(CliTest, AStaleShardedIndexDoesNotWinOverTheNewModel) {
   const auto out = dir_ / "out";
@@ -378,7 +418,10 @@ TEST_F(CliTest, ConflictingFlagsAreRefused) {
       {{"--reward_rule", "positivity", "--warmup_steps", "2", "--warmup_ratio", "0.1"}, "give --warmup_steps or --warmup_ratio"},
       {{"--reward_rule", "positivity", "--lr_scheduler_type", "constant", "--warmup_steps", "2"}, "constant has no warm-up"},
       {{"--reward_rule", "positivity", "--num_train_epochs", "2"}, "give --max_steps or --num_train_epochs"},
-      {{"--reward_rule", "positivity", "--bf16", "--dtype", "float32"}, "--bf16 conflicts with --dtype float32"},
+      {{"--reward_rule", "positivity", "--torch_dtype", "bfloat16", "--dtype", "float32"}, "--torch_dtype bfloat16 conflicts with --dtype float32"},
+      {{"--reward_rule", "positivity", "--bf16", "--torch_dtype", "float16"}, "--bf16 conflicts with --torch_dtype float16"},
+      {{"--reward_rule", "positivity", "--bf16", "--fp16"}, "fp16 = true: must be false when bf16 is true"},
+      {{"--reward_rule", "positivity", "--fp16"}, "fp16 = true: must be used with a cuda device"},
       {{"--reward_rule", "positivity", "--temperature", "0", "--top_k", "5"}, "--top_k has no effect with --temperature 0"},
       {{"--reward_rule", "positivity", "--num_eval_samples", "3"}, "--num_eval_samples has no effect without held-out prompts"},
       {{"--reward_rule", "positivity", "--log_completions_steps", "1"}, "--log_completions_steps has no effect without held-out prompts"},
@@ -402,6 +445,30 @@ TEST_F(CliTest, ConflictingFlagsAreRefused) {
   const auto r = train(args);
   EXPECT_EQ(r.status, 2);
   EXPECT_CONTAINS(r.err, "--missing_eos_penalty has no effect with --judge");
+}
+
+// --bf16 is mixed precision (float32 master weights, bfloat16 compute) and trains at TRL's learning rate without a
+// warning; --torch_dtype bfloat16 alone trains pure bfloat16 weights, and the run says once, at the start, that
+// AdamW's updates at that rate round away. The saved model keeps the dtype it was trained in.
+TEST_F(CliTest, Bf16IsMixedPrecisionAndPureBfloat16WarnsAboutTheLearningRate) {
+  const auto prompts = write_prompts("p.jsonl", 4, false);
+  auto mixed = tiny_run(prompts, dir_ / "mixed");
+  set_flag(mixed, "--learning_rate", "5e-7");
+  mixed.insert(mixed.end(), {"--reward_rule", "positivity", "--bf16", "--gradient_checkpointing"});
+  const auto a = train(mixed);
+  ASSERT_EQ(a.status, 0) << a.err;
+  EXPECT_EQ(a.err.find("round away"), std::string::npos) << a.err;
+  EXPECT_EQ(xpo::io::SafetensorsFile::open(dir_ / "mixed" / "model.safetensors").entries().front().dtype.type, torch::kFloat);
+
+  auto pure = tiny_run(prompts, dir_ / "pure");
+  set_flag(pure, "--learning_rate", "5e-7");
+  pure.insert(pure.end(), {"--reward_rule", "positivity", "--torch_dtype", "bfloat16"});
+  const auto b = train(pure);
+  ASSERT_EQ(b.status, 0) << b.err;
+  const auto warning = b.err.find("below the bfloat16 resolution");
+  EXPECT_NE(warning, std::string::npos) << b.err;
+  EXPECT_EQ(b.err.find("below the bfloat16 resolution", warning + 1), std::string::npos) << "warned once";
+  EXPECT_EQ(xpo::io::SafetensorsFile::open(dir_ / "pure" / "model.safetensors").entries().front().dtype.type, torch::kBFloat16);
 }
 
 TEST_F(CliTest, ResumeContinuesTheRunAndItsLog) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #define XPO_TORCH_VERSION_AT_LEAST(major, minor) \
@@ -48,14 +49,37 @@ inline std::string torch_version() {
          std::to_string(TORCH_VERSION_PATCH);
 }
 
+inline double lowest_finite(torch::ScalarType type);  // defined below
+
+// The dtype autocast computes in on `device` in this thread when it is on (bf16/fp16 mixed precision), else none.
+// 1.13 .. 2.3: per-device getters; 2.4 takes the device type as an argument.
+inline std::optional<torch::ScalarType> autocast_dtype_on(c10::DeviceType device) {
+#if XPO_TORCH_VERSION_AT_LEAST(2, 4)
+  if (device != c10::DeviceType::CPU && device != c10::DeviceType::CUDA) return std::nullopt;
+  if (!at::autocast::is_autocast_enabled(device)) return std::nullopt;
+  return at::autocast::get_autocast_dtype(device);
+#else
+  if (device == c10::DeviceType::CPU && at::autocast::is_cpu_enabled()) return at::autocast::get_autocast_cpu_dtype();
+  if (device == c10::DeviceType::CUDA && at::autocast::is_enabled()) return at::autocast::get_autocast_gpu_dtype();
+  return std::nullopt;
+#endif
+}
+
 // Grouped-query attention as Hugging Face's eager Qwen2/Llama attention computes it:
 // softmax(q k^T / sqrt(D) + mask) v, softmax in float32, query head h reading KV head h / (H / Hkv).
 // q [B, H, Tq, D], k/v [B, Hkv, Tk, D], additive_mask [B, 1, Tq, Tk] in q's dtype (0 or the lowest finite value)
 // -> [B, H, Tq, D]. 2.x: the fused kernel. 1.13: the plain kernel, which groups the query heads of each KV head
 // instead of materialising repeated K/V.
 inline torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                             const torch::Tensor& additive_mask, double dropout_p) {
+                                             const torch::Tensor& mask_in, double dropout_p) {
   const auto group = q.size(1) / k.size(1);  // query heads per KV head
+  // Under autocast (bf16/fp16 mixed precision) the scores are 16-bit while the mask was built in the weights'
+  // float32: its lowest float32 value would round to -inf there, and a fully masked (padding) row would turn NaN.
+  // So it is clamped to the compute dtype's lowest finite value (exact in that dtype) first.
+  auto compute = q.scalar_type();
+  if (const auto low = autocast_dtype_on(q.device().type()); low && compute == torch::kFloat) compute = *low;
+  const bool half = compute == torch::kBFloat16 || compute == torch::kHalf;
+  const auto additive_mask = half && mask_in.scalar_type() != compute ? mask_in.clamp_min(lowest_finite(compute)) : mask_in;
 #if XPO_HAS_FUSED_SDPA
   const auto k_all = group == 1 ? k : k.repeat_interleave(group, 1);
   const auto v_all = group == 1 ? v : v.repeat_interleave(group, 1);

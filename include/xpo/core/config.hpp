@@ -28,7 +28,10 @@ struct XPOConfig {
   bool overwrite_output_dir = false;  // train in an output_dir that holds another run's checkpoints (kept, never rotated)
   std::int64_t seed = 42;
   std::string device = "cpu";     // any torch::Device string: "cpu", "cuda", "cuda:1"
-  std::string dtype = "float32";  // float32 | bfloat16 | float16 | float64 (weights and compute)
+  std::string dtype = "float32";  // float32 | bfloat16 | float16 | float64: the policy's weights (TRL's torch_dtype)
+  bool bf16 = false;  // mixed precision: compute in bfloat16 under autocast, weights and AdamW state stay in dtype
+  bool fp16 = false;  // mixed precision in float16 with a dynamic loss scaler (CUDA only)
+  bool gradient_checkpointing = false;  // recompute each decoder layer's activations in backward
   // ---- batching and length of training
   std::int64_t per_device_train_batch_size = 8;
   std::int64_t per_device_eval_batch_size = 8;
@@ -94,7 +97,13 @@ void visit_fields(Config& c, F&& f) {
     "start a new run in an output_dir holding another run's checkpoints (they are kept and never rotated)");
   f("seed", c.seed, "random seed for sampling, shuffling and initialisation");
   f("device", c.device, "torch device: cpu, cuda, cuda:N");
-  f("dtype", c.dtype, "weights and compute dtype: float32, bfloat16, float16, float64");
+  f("dtype", c.dtype, "the dtype the policy is loaded, trained and saved in (TRL's torch_dtype): float32, bfloat16, "
+    "float16, float64");
+  f("bf16", c.bf16, "mixed precision: forward and backward in bfloat16 (autocast), float32 master weights and AdamW "
+    "state when dtype is float32");
+  f("fp16", c.fp16, "mixed precision in float16 with a dynamic loss scaler (CUDA only)");
+  f("gradient_checkpointing", c.gradient_checkpointing,
+    "recompute each decoder layer's activations in backward instead of keeping them (less memory, ~1 more forward)");
   f("per_device_train_batch_size", c.per_device_train_batch_size, "prompts per process per micro-batch");
   f("per_device_eval_batch_size", c.per_device_eval_batch_size, "prompts per process per evaluation batch");
   f("gradient_accumulation_steps", c.gradient_accumulation_steps, "micro-batches per optimizer step");
@@ -256,6 +265,11 @@ inline std::vector<std::string> XPOConfig::problems() const {
     bad("device", "\"" + device + "\"", "a device such as cpu, cuda, cuda:0 or mps");
   if (!detail::one_of<std::string>(dtype, {"float32", "bfloat16", "float16", "float64"}))
     bad("dtype", "\"" + dtype + "\"", "one of float32, bfloat16, float16, float64");
+  if (bf16 && fp16) bad("fp16", "true", "false when bf16 is true (one mixed-precision dtype)");
+  if (fp16 && device.rfind("cuda", 0) != 0)
+    bad("fp16", "true", "used with a cuda device (LibTorch's CPU autocast runs bfloat16 only; use bf16)");
+  if (bf16 && dtype == "float16") bad("bf16", "true", "false with dtype float16 (use fp16)");
+  if (fp16 && dtype == "bfloat16") bad("fp16", "true", "false with dtype bfloat16 (use bf16)");
   if (per_device_train_batch_size < 1)
     bad("per_device_train_batch_size", integer(per_device_train_batch_size), ">= 1");
   if (max_skipped_steps < 0) bad("max_skipped_steps", integer(max_skipped_steps), ">= 0");

@@ -104,6 +104,9 @@ class CausalLMImpl : public torch::nn::Module {
     return out;
   }
 
+  // Gradient checkpointing of every decoder layer in training forwards (see DecoderModelImpl).
+  void set_gradient_checkpointing(bool on) { model->set_gradient_checkpointing(on); }
+
   [[nodiscard]] std::int64_t vocab_size() const { return config_.vocab_size; }
   [[nodiscard]] const io::ModelConfig& config() const { return config_; }
   [[nodiscard]] torch::Device device() const { return model->embed_tokens->weight.device(); }

@@ -17,6 +17,7 @@
 
 #include "xpo/core/compat.hpp"
 #include "xpo/io/hf_config.hpp"
+#include "xpo/models/checkpoint.hpp"
 #include "xpo/models/layers.hpp"
 
 namespace xpo::models {
@@ -278,6 +279,11 @@ class DecoderModelImpl : public torch::nn::Module {
   [[nodiscard]] const io::ModelConfig& config() const { return config_; }
   [[nodiscard]] const std::vector<DecoderLayer>& blocks() const { return blocks_; }
 
+  // Gradient checkpointing (Hugging Face's gradient_checkpointing_enable()): in a forward with grad and without
+  // a KV cache, each decoder layer keeps only its input and is recomputed in backward (models/checkpoint.hpp).
+  void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
+  [[nodiscard]] bool gradient_checkpointing() const { return gradient_checkpointing_; }
+
   Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RMSNorm norm{nullptr};
@@ -307,12 +313,32 @@ class DecoderModelImpl : public torch::nn::Module {
       const auto rope_kind = config_.layer_rope[i];
       const RotaryTables* rope = rope_kind == io::LayerRope::global ? &global : rope_kind == io::LayerRope::local ? &local : nullptr;
       const auto& mask = config_.layer_attention[i] == io::LayerAttention::sliding ? sliding_mask : full_mask;
-      h = blocks_[i]->forward(h, rope, mask, cache, i);
+      if (gradient_checkpointing_ && cache == nullptr && torch::GradMode::is_enabled()) {
+        h = checkpointed_layer(i, rope, mask, h);
+      } else {
+        h = blocks_[i]->forward(h, rope, mask, cache, i);
+      }
     }
     if (cache != nullptr) cache->length += t;
     return norm(h);
   }
 
+  // Layer i through models::checkpoint; what it reads besides h is captured by value (backward runs it later).
+  torch::Tensor checkpointed_layer(std::size_t i, const RotaryTables* rope, const torch::Tensor& mask, const torch::Tensor& h) {
+    auto block = blocks_[i];
+    bool trainable = false;
+    for (const auto& p : block->parameters()) trainable = trainable || p.requires_grad();
+    const bool dropout = is_training();  // attention, residual or LoRA dropout may draw: replay the generator
+    std::optional<RotaryTables> tables;
+    if (rope != nullptr) tables = *rope;
+    return checkpoint(
+        [block, tables, mask, i](const torch::Tensor& x) mutable {
+          return block->forward(x, tables ? &*tables : nullptr, mask, nullptr, i);
+        },
+        h, trainable, dropout);
+  }
+
+  bool gradient_checkpointing_ = false;
   io::ModelConfig config_;
   RotaryEmbedding global_rope_, local_rope_;
   bool uses_global_ = false, uses_local_ = false, uses_full_ = false, uses_sliding_ = false;

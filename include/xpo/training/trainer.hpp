@@ -52,13 +52,14 @@
 #include "xpo/text/chat.hpp"
 #include "xpo/text/tokenizer.hpp"
 #include "xpo/training/callbacks.hpp"
+#include "xpo/training/mixed_precision.hpp"
 #include "xpo/training/state.hpp"
 #include "xpo/training/step.hpp"
 
 namespace xpo {
 
 // Dataset rows as read from JSONL (io::load_prompt_dataset): {"prompt": "text" | [{"role", "content"}, ...],
-// "chat_template_kwargs"?: {...}}.
+// "chat_template_kwargs"?: {...}, "tools"?: [...], "documents"?: [...]} (the last three reach the chat template).
 using PromptDataset = io::PromptRows;
 
 // One completion of LogCompletionsCallback / Trainer::complete.
@@ -100,6 +101,9 @@ class Trainer {
       }
     }
     device_ = first_device(policy_);
+    autocast_dtype_ = training::autocast_dtype(config_);
+    if (config_.fp16) scaler_.emplace();
+    if (config_.gradient_checkpointing) enable_gradient_checkpointing();
     setup_reference(std::move(reference));
     setup_tokens();
     if constexpr (requires { scorer_.vocab_size(); scorer_.has_own_tokenizer(); }) {
@@ -148,6 +152,7 @@ class Trainer {
       if (!problem.empty()) throw ConfigError(problem);
     }
     stop_requested_ = stopped_early_ = false;
+    if (state_.global_step == 0 && world_.is_main()) warn_if_updates_round_away();
     (call_train_begin(callbacks), ...);
     while (state_.global_step < state_.max_steps && !stop_requested_) {
       optimizer_step();
@@ -229,11 +234,16 @@ class Trainer {
     const auto t1 = Clock::now();
     const double lr = training::scheduled_learning_rate(config_, state_.global_step, state_.max_steps);
     for (auto& group : optimizer_->param_groups()) group.options().set_lr(lr);
+    // fp16: the gradients back to their true size before clipping (GradScaler.unscale_), overflow noted.
+    const bool found_inf = scaler_ && finite_loss && scaler_->unscale(params_);
     // LibTorch's clip_grad_norm_ (PyTorch's formula); max_grad_norm 0 = no clipping, the norm is still logged.
     const double grad_norm = torch::nn::utils::clip_grad_norm_(
         params_, config_.max_grad_norm > 0 ? config_.max_grad_norm : std::numeric_limits<double>::infinity());
-    const bool skip = !finite_loss || !std::isfinite(grad_norm);
-    if (!skip) optimizer_->step();
+    // One mechanism per skipped step (training/mixed_precision.hpp): the non-finite guard or the scaler's overflow.
+    const auto verdict = training::step_verdict(finite_loss, std::isfinite(grad_norm), found_inf, scaler_.has_value());
+    const bool skip = verdict == training::StepVerdict::skip_non_finite;
+    if (verdict == training::StepVerdict::apply) optimizer_->step();
+    if (scaler_ && finite_loss) scaler_->update(verdict == training::StepVerdict::skip_overflow);
     optimizer_->zero_grad();
     ++state_.global_step;
     state_.epoch = static_cast<double>(state_.micro_step) / static_cast<double>(state_.micro_batches_per_epoch);
@@ -247,6 +257,8 @@ class Trainer {
                     ". No weight was updated with non-finite values; the last checkpoint in " + config_.output_dir +
                     " is intact (lower learning_rate, check the reward/judge and the data)");
       }
+    } else if (verdict == training::StepVerdict::skip_overflow) {
+      window_ = window_before;  // as a skipped step: its metrics stay out of the logs
     } else {
       window_.grad_norm = grad_norm;
     }
@@ -267,9 +279,13 @@ class Trainer {
     // 2. both samples, no grad, dropout off, each prompt from its own random streams (one for the policy, one
     //    for the reference)
     const auto sampling = sampling_options();
-    const auto model_gen = generation::generate(policy_, batch.ids, batch.mask, sampling, sample_streams(kPolicyStream, rows.size()));
-    generation::Generation ref_gen;
+    generation::Generation model_gen, ref_gen;
     {
+      compat::AutocastGuard low_precision = autocast();
+      model_gen = generation::generate(policy_, batch.ids, batch.mask, sampling, sample_streams(kPolicyStream, rows.size()));
+    }
+    {
+      compat::AutocastGuard low_precision = autocast();
       ReferenceScope scope(*this);
       ref_gen = generation::generate(reference(), batch.ids, batch.mask, sampling, sample_streams(kReferenceStream, rows.size()));
     }
@@ -301,7 +317,8 @@ class Trainer {
     // 5.–7. log-probs over ONE 2B batch per model, loss, backward
     const auto token_logps = completion_logps(batch, model_c, ref_c);
     const auto result = training::loss_and_metrics(loss_, token_logps, preference, model_eos, ref_eos, weights);
-    (result.loss.loss / static_cast<double>(config_.gradient_accumulation_steps)).backward();
+    const auto micro_loss = result.loss.loss / static_cast<double>(config_.gradient_accumulation_steps);
+    (scaler_ ? scaler_->scale(micro_loss) : micro_loss).backward();  // fp16: scaled, unscaled in optimizer_step
     const auto t3 = Clock::now();
 
     auto metrics = result.metrics;
@@ -349,6 +366,10 @@ class Trainer {
       torch::save(*optimizer_, (tmp / "optimizer.pt").string());
       std::vector<torch::Tensor> rng = {compat::default_cpu_generator_state()};
       torch::save(rng, (tmp / "rng_state.pt").string());
+      if (scaler_) {
+        std::vector<torch::Tensor> scaler_state = {scaler_->state()};
+        torch::save(scaler_state, (tmp / "scaler.pt").string());
+      }
       auto state_json = state_.to_json();
       state_json["config"] = config_.to_json();
       write_json_file(tmp / "trainer_state.json", state_json);
@@ -400,6 +421,16 @@ class Trainer {
     torch::load(rng, (folder / "rng_state.pt").string());
     if (rng.size() != 1) throw FileError((folder / "rng_state.pt").string(), "expected one generator state (the CPU's)");
     compat::set_default_cpu_generator_state(rng[0]);  // dropout's stream, when dropout is on
+    if (scaler_) {  // fp16: the loss scale and its growth tracker, so the resumed steps scale as the run did
+      const auto file = folder / "scaler.pt";
+      if (!std::filesystem::exists(file))
+        throw FileError(file.string(), "missing: the checkpoint was saved without fp16's loss scaler (resume with the "
+                                       "run's own mixed-precision settings)");
+      std::vector<torch::Tensor> scaler_state;
+      torch::load(scaler_state, file.string());
+      if (scaler_state.size() != 1) throw FileError(file.string(), "expected one tensor (the loss scaler's state)");
+      scaler_->load_state(scaler_state[0], file.string());
+    }
     if (state.global_step > state_.max_steps) {
       throw ConfigError(folder.string() + ": the checkpoint is at step " + std::to_string(state.global_step) +
                         ", past this run's max_steps = " + std::to_string(state_.max_steps) +
@@ -433,7 +464,11 @@ class Trainer {
     const Batch batch = make_batch_from(prepared, messages, all);
     auto gen = compat::make_generator(device_, static_cast<std::uint64_t>(config_.seed) + 7919 +
                                                    static_cast<std::uint64_t>(state_.global_step) + draw * 1000003);
-    const auto g = generation::generate(policy_, batch.ids, batch.mask, sampling_options(), gen);
+    generation::Generation g;
+    {
+      compat::AutocastGuard low_precision = autocast();
+      g = generation::generate(policy_, batch.ids, batch.mask, sampling_options(), gen);
+    }
     const auto c = truncate_after_eos(g.completion_ids, eos_ids_, pad_id_);
     const CompletionBatch cb{batch.ids, batch.mask, c.ids, c.mask, batch.texts, decode_rows(c), batch.messages};
     std::vector<CompletionSample> out;
@@ -444,6 +479,7 @@ class Trainer {
     } else {
       generation::Generation rg;
       {
+        compat::AutocastGuard low_precision = autocast();
         ReferenceScope scope(*this);
         auto ref_stream = compat::make_generator(device_, static_cast<std::uint64_t>(config_.seed) + 104729);
         rg = generation::generate(reference(), batch.ids, batch.mask, sampling_options(), ref_stream);
@@ -473,6 +509,8 @@ class Trainer {
   [[nodiscard]] Scorer& scorer() noexcept { return scorer_; }
   [[nodiscard]] const text::Tokenizer& tokenizer() const noexcept { return tokenizer_; }
   [[nodiscard]] torch::optim::AdamW& optimizer() noexcept { return *optimizer_; }
+  // fp16's loss scaler (training/mixed_precision.hpp); null without fp16.
+  [[nodiscard]] const training::GradScaler* loss_scaler() const noexcept { return scaler_ ? &*scaler_ : nullptr; }
   [[nodiscard]] const std::vector<text::PreparedPrompt>& train_prompts() const noexcept { return train_; }
   [[nodiscard]] const std::vector<text::PreparedPrompt>& eval_prompts() const noexcept { return eval_; }
   [[nodiscard]] const PromptDataset& eval_dataset() const noexcept { return eval_rows_; }
@@ -604,6 +642,47 @@ class Trainer {
     }
   }
 
+  // Autocast for the run's device while alive under bf16/fp16; does nothing otherwise.
+  [[nodiscard]] compat::AutocastGuard autocast() const {
+    return compat::AutocastGuard(device_.type(), autocast_dtype_.value_or(torch::kBFloat16), autocast_dtype_.has_value());
+  }
+
+  // Pure low-precision training (bfloat16/float16 weights, e.g. --dtype bfloat16): AdamW's update (about
+  // learning_rate per step) rounds away on a weight w when learning_rate < |w| x epsilon / 2; said once, at the start.
+  void warn_if_updates_round_away() const {
+    if (warned_resolution_ || params_.empty()) return;
+    const auto type = params_.front().scalar_type();
+    if (type != torch::kBFloat16 && type != torch::kHalf) return;
+    warned_resolution_ = true;
+    double sum = 0, count = 0;
+    {
+      torch::NoGradGuard no_grad;
+      for (const auto& p : params_) {
+        sum += p.abs().sum(torch::kDouble).template item<double>();
+        count += static_cast<double>(p.numel());
+      }
+    }
+    const double mean = count > 0 ? sum / count : 0.0;
+    const double resolution = mean * training::dtype_epsilon(type) / 2;
+    if (config_.learning_rate < resolution) {
+      std::fprintf(stderr,
+                   "xpo: warning: learning_rate %g is below the %s resolution of the weights (%g at their mean "
+                   "magnitude %g): most AdamW updates will round away. Keep the weights in float32 (dtype float32) "
+                   "and train with bf16 (mixed precision), as transformers' Trainer does.\n",
+                   config_.learning_rate, type == torch::kBFloat16 ? "bfloat16" : "float16", resolution, mean);
+    }
+  }
+
+  // gradient_checkpointing: the policy recomputes each decoder layer in backward (HF's
+  // model.gradient_checkpointing_enable()); a Model without the switch is refused rather than run without it.
+  void enable_gradient_checkpointing() {
+    if constexpr (requires { unwrap(policy_).set_gradient_checkpointing(true); }) {
+      unwrap(policy_).set_gradient_checkpointing(true);
+    } else {
+      throw ConfigError("gradient_checkpointing: this Model type has no set_gradient_checkpointing(bool)");
+    }
+  }
+
   static torch::Device first_device(Model& m) {
     const auto params = unwrap(m).parameters();
     return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
@@ -632,6 +711,8 @@ class Trainer {
         reference_is_base_ = true;  // [fix] the policy with adapters off, not a second copy
       } else {
         reference_ = models::frozen_copy(policy_);
+        // bf16/fp16: the reference has no optimizer state, so it is held once, in the low precision.
+        if (autocast_dtype_) unwrap(*reference_).to(*autocast_dtype_);
       }
     } else {
       throw ConfigError("Trainer: no reference model given, and this Model type has no way to copy itself");
@@ -711,8 +792,8 @@ class Trainer {
       const std::string where = name + " row " + std::to_string(i);
       const auto& row = rows[i];
       if (!row.is_object() || !row.contains("prompt")) throw ConfigError(where + ": no \"prompt\"");
-      nlohmann::ordered_json kwargs = nlohmann::ordered_json::object();
-      if (row.contains("chat_template_kwargs") && row["chat_template_kwargs"].is_object()) kwargs = row["chat_template_kwargs"];
+      // The row's chat_template_kwargs plus its tools/documents columns (text::row_template_kwargs).
+      const auto kwargs = text::row_template_kwargs(row, where);
       auto p = text::prepare_prompt(tokenizer_, row["prompt"], chat_ ? &*chat_ : nullptr, kwargs, where);
       if (p.ids.empty()) throw ConfigError(where + ": the prompt is empty after tokenisation");
       if (context && static_cast<std::int64_t>(p.ids.size()) + config_.max_new_tokens > *context) {
@@ -774,11 +855,23 @@ class Trainer {
     const auto mask = torch::cat({torch::cat({batch.mask, batch.mask}), completion_mask}, 1);
     const auto pos = position_ids_from_mask(mask);
     // Row t of the window predicts completion token t: logits of positions P-1 .. P+T-2 only, when the model can.
+    // Under bf16/fp16 only the forward runs under autocast; the selective log-softmax reads the low-precision
+    // logits and accumulates in float32 (core/tensor_ops.hpp), so log-probs and the loss are float32.
     const auto logps_of = [&](Model& net) {
       if constexpr (requires { unwrap(net).forward_window(ids, mask, pos, p - 1, t); }) {
-        return aligned_token_logps(unwrap(net).forward_window(ids, mask, pos, p - 1, t), completions, completion_mask);
+        torch::Tensor logits;
+        {
+          compat::AutocastGuard low_precision = autocast();
+          logits = unwrap(net).forward_window(ids, mask, pos, p - 1, t);
+        }
+        return aligned_token_logps(logits, completions, completion_mask);
       } else {
-        return completion_token_logps(unwrap(net).forward(ids, mask, pos), completions, completion_mask, p);
+        torch::Tensor logits;
+        {
+          compat::AutocastGuard low_precision = autocast();
+          logits = unwrap(net).forward(ids, mask, pos);
+        }
+        return completion_token_logps(logits, completions, completion_mask, p);
       }
     };
     // The reference first: its logits are gone before the policy's graph (and its logits) is built.
@@ -866,6 +959,8 @@ class Trainer {
   std::int64_t pad_id_ = 0;
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::optional<torch::ScalarType> autocast_dtype_;  // bf16/fp16: the forward passes' dtype (autocast)
+  std::optional<training::GradScaler> scaler_;       // fp16 only
   std::shared_ptr<distributed::GradientReducer> reducer_;  // set by distribute() when there are several ranks
   training::TrainerState state_;
   mutable std::vector<std::size_t> order_;  // the shuffled prompt order of epoch order_epoch_
@@ -873,6 +968,7 @@ class Trainer {
   Window window_;
   StepTiming last_timing_;
   bool stop_requested_ = false, stopped_early_ = false;
+  mutable bool warned_resolution_ = false;
 };
 
 // TRL's XPOTrainer: a Qwen2/Llama policy, a reward model, XPO over the sigmoid DPO loss, alpha/beta from the
