@@ -117,8 +117,10 @@ void BM_Qwen05BStep(benchmark::State& state) {
   std::int64_t peak = 0;
   xpo::XPOTrainer::StepTiming timing;
   for (auto _ : state) {
-    peak = xpo::bench::peak_extra_bytes([&] { trainer.optimizer_step(); }) +
-           (xpo::bench::read_status_kib("VmRSS") * 1024 - rss_before);
+    // The step's high-water mark above what was resident before anything was built: (peak - RSS at the step's
+    // start) + (RSS at the step's start - RSS before the models).
+    const std::int64_t rss_start = xpo::bench::read_status_kib("VmRSS") * 1024;
+    peak = xpo::bench::peak_extra_bytes([&] { trainer.optimizer_step(); }) + (rss_start - rss_before);
     timing = trainer.last_step_timing();
     state.SetIterationTime(timing.total);
   }
