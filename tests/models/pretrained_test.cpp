@@ -189,8 +189,11 @@ TEST_F(ScratchDir, SaveLoadRoundTripIsBitIdentical) {
     // A missing key in the original means the config class's default; the saved file states it.
     EXPECT_EQ(config.at("tie_word_embeddings").get<bool>(), xpo::io::ModelConfig::load(folder).tie_word_embeddings);
     const auto original_config = xpo::test::read_json(folder / "config.json");
-    for (const auto& [key, value] : original_config.items())
-      if (key != "torch_dtype" && key != "dtype") EXPECT_EQ(config.at(key), value) << "config.json key " << key;
+    for (const auto& [key, value] : original_config.items()) {
+      if (key != "torch_dtype" && key != "dtype") {
+        EXPECT_EQ(config.at(key), value) << "config.json key " << key;
+      }
+    }
     EXPECT_EQ(config.at("torch_dtype"), "float32");
     EXPECT_TRUE(std::filesystem::exists(out / "generation_config.json"));
     // Saving in bf16 stores BF16 tensors and says so in config.json.
@@ -391,9 +394,11 @@ TEST(HfConfigPolicies, EachFamilyMapsToItsPolicies) {
       EXPECT_EQ(c.sliding_window, raw.at("sliding_window").get<std::int64_t>());
       for (auto a : c.layer_attention) EXPECT_EQ(a, xpo::io::LayerAttention::sliding);
     }
-    if (raw.contains("no_rope_layers"))
-      for (std::size_t i = 0; i < layers; ++i)
+    if (raw.contains("no_rope_layers")) {
+      for (std::size_t i = 0; i < layers; ++i) {
         EXPECT_EQ(c.layer_rope[i] == xpo::io::LayerRope::none, raw["no_rope_layers"][i] == 0) << i;
+      }
+    }
     if (c.model_type == "gemma3_text") {
       EXPECT_NEAR(c.embedding_scale, std::sqrt(static_cast<double>(c.hidden_size)), 1e-12);
       EXPECT_NEAR(c.query_scale, 1.0 / std::sqrt(raw.at("query_pre_attn_scalar").get<double>()), 1e-12);
