@@ -98,6 +98,8 @@ class RewardModelScorer {
     torch::NoGradGuard no_grad;
     const auto device = batch.completion_ids.device();
     if (!tokenizer_) {
+      if (!batch.prompt_mask.defined() || !batch.completion_mask.defined())
+        throw Error("RewardModelScorer::score: the batch needs prompt_mask and completion_mask (1 on real tokens)");
       const auto ids = torch::cat({batch.prompt_ids, batch.completion_ids}, 1).to(model_device());
       const auto mask = torch::cat({batch.prompt_mask, batch.completion_mask}, 1).to(model_device());
       return last_token_scores(model_, ids, mask).to(device);
