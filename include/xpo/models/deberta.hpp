@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "xpo/core/compat.hpp"
 #include "xpo/core/errors.hpp"
 #include "xpo/models/layers.hpp"
 
@@ -204,17 +205,6 @@ inline torch::Tensor relative_position_index(std::int64_t length, const DebertaV
   return (rel + span).clamp(0, 2 * span - 1);
 }
 
-// torch.finfo(dtype).min: the value transformers gives masked attention scores.
-inline double lowest_value(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat: return std::numeric_limits<float>::lowest();
-    case torch::kDouble: return std::numeric_limits<double>::lowest();
-    case torch::kHalf: return static_cast<double>(std::numeric_limits<c10::Half>::lowest());
-    case torch::kBFloat16: return static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest());
-    default: throw Error(std::string("DeBERTa: attention scores of dtype ") + c10::toString(t) + " are not supported");
-  }
-}
-
 // LayerNorm with `weight` [H] and `bias` [H] (transformers' nn.LayerNorm names), allocated uninitialised (loading
 // fills it); eps from the config.
 class DebertaLayerNormImpl : public torch::nn::Module {
@@ -288,7 +278,7 @@ class DisentangledSelfAttentionImpl : public torch::nn::Module {
       scores = scores + p2c.gather(-1, index.transpose(-1, -2)).transpose(-1, -2) / scale;
     }
     // Masked keys at the dtype's lowest value, then rows of padded queries zeroed (transformers' XSoftmax).
-    const auto lowest = lowest_value(scores.scalar_type());
+    const auto lowest = compat::lowest_finite(scores.scalar_type());  // torch.finfo(dtype).min, as transformers masks
     auto probs = torch::softmax(scores.masked_fill(mask2d.logical_not(), lowest), -1).masked_fill(mask2d.logical_not(), 0);
     const auto context = torch::matmul(probs, v);  // [B, h, T, d]
     return context.permute({0, 2, 1, 3}).reshape({b, t, c_.hidden_size});
