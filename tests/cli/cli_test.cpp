@@ -286,6 +286,13 @@ TEST_F(CliTest, ChatTakesSamplingDefaultsFromTheGenerationConfig) {
   const auto refused = chat({"--model_name_or_path", tiny_policy(), "--prompt", "hi", "--temperature", "0", "--top_p", "0.5"});
   EXPECT_EQ(refused.status, 2);
   EXPECT_CONTAINS(refused.err, "--top_p has no effect with --temperature 0");
+  // A sampling default of the wrong type is an error naming the file.
+  generation["temperature"] = "hot";
+  write_json_to(policy / "generation_config.json", generation);
+  const auto malformed = chat({"--model_name_or_path", policy.string(), "--prompt", "hi"});
+  EXPECT_NE(malformed.status, 0);
+  EXPECT_CONTAINS(malformed.err, "generation_config.json");
+  EXPECT_CONTAINS(malformed.err, "temperature must be a number");
 }
 
 // A row's tools/documents columns and --chat_template_kwargs reach the policy's chat template (the row's own

@@ -54,4 +54,16 @@ TEST_F(CheckpointFolder, SavePretrainedRemovesStaleShardsAndKeepsTheGenerationCo
             xpo::test::read_json(source / "config.json").at("eos_token_id"));
 }
 
+// A generation_config.json that is not a JSON object is an error naming the file, not a silently ignored one.
+TEST_F(CheckpointFolder, AMalformedGenerationConfigIsAnErrorNamingIt) {
+  fs::copy(xpo::test::fixture_path("models/tiny-qwen2"), dir_ / "m", fs::copy_options::recursive);
+  std::ofstream(dir_ / "m" / "generation_config.json") << "[2, 0]";
+  try {
+    (void)xpo::io::ModelConfig::load(dir_ / "m");
+    ADD_FAILURE() << "accepted";
+  } catch (const xpo::FileError& e) {
+    EXPECT_NE(std::string(e.what()).find("generation_config.json"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
