@@ -25,6 +25,20 @@
 #define XPO_HAS_FUSED_SDPA 0
 #endif
 
+// c10d backends (distributed/world.hpp): LibTorch says which it was built with (USE_C10D_GLOO, USE_C10D_NCCL in
+// its CMake package's compile definitions), but a binary install may still lack the backend's own headers (a pip
+// wheel's LibTorch with no nccl.h or gloo/ on the include path). A backend is used only when both hold; without
+// it, joining a job on that device kind is a clear runtime error instead of a failed build.
+#if defined(USE_C10D_GLOO) && __has_include(<gloo/algorithm.h>)
+#define XPO_HAS_C10D_GLOO 1
+#endif
+#if defined(USE_C10D_NCCL) && __has_include(<nccl.h>)
+#define XPO_HAS_C10D_NCCL 1
+#endif
+#if defined(XPO_HAS_C10D_GLOO) || defined(XPO_HAS_C10D_NCCL)
+#define XPO_HAS_C10D 1
+#endif
+
 // c10d (distributed/world.hpp): the concrete process groups (ProcessGroupGloo, ProcessGroupNCCL) derive from
 // c10d::ProcessGroup in LibTorch 1.x and from c10d::Backend in 2.x; a World holds one through this base.
 namespace c10d {

@@ -15,16 +15,17 @@
 
 #include <torch/torch.h>
 
-#if defined(USE_C10D_GLOO) || defined(USE_C10D_NCCL)
-#define XPO_HAS_C10D 1
+#include "xpo/core/compat.hpp"  // XPO_HAS_C10D, XPO_HAS_C10D_GLOO, XPO_HAS_C10D_NCCL: the backends usable here
+
+#if defined(XPO_HAS_C10D)
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
-#if defined(USE_C10D_GLOO)
+#if defined(XPO_HAS_C10D_GLOO)
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
-#if defined(USE_C10D_NCCL)
+#if defined(XPO_HAS_C10D_NCCL)
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -44,7 +45,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "xpo/core/compat.hpp"
 #include "xpo/core/errors.hpp"
 
 namespace xpo::distributed {
@@ -104,15 +104,18 @@ class World {
   static World single() { return World(); }
 
   // Joins the job: a TCPStore (rank 0 serves it) and a process group for `device`'s kind. Waits at most
-  // `timeout` for the other ranks, and every later collective waits at most `timeout` too.
-  static World join(const LaunchEnvironment& env, torch::Device device, std::chrono::milliseconds timeout) {
+  // `timeout` for the other ranks, and every later collective waits at most `timeout` too. A job of one rank
+  // communicates with nobody, unless `communicate_alone`: then it still builds its process group and every
+  // collective really runs through it (a one-process NCCL world on a single GPU checks the backend's path).
+  static World join(const LaunchEnvironment& env, torch::Device device, std::chrono::milliseconds timeout,
+                    bool communicate_alone = false) {
     World w;
     w.rank_ = env.rank;
     w.size_ = env.world_size;
     w.local_rank_ = env.local_rank;
     w.timeout_ = timeout;
     w.device_ = device;
-    if (env.world_size == 1) return w;
+    if (env.world_size == 1 && !communicate_alone) return w;
 #if defined(XPO_HAS_C10D)
     w.guard("joining the job at " + env.master_addr + ":" + std::to_string(env.master_port), [&] {
       c10d::TCPStoreOptions options;
@@ -122,15 +125,16 @@ class World {
       options.timeout = timeout;
       auto store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, options);
       if (device.is_cuda()) {
-#if defined(USE_C10D_NCCL)
+#if defined(XPO_HAS_C10D_NCCL)
         auto nccl = c10d::ProcessGroupNCCL::Options::create();
         nccl->timeout = timeout;
         w.group_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world_size, nccl);
 #else
-        throw Error("device " + device.str() + ": this LibTorch was built without NCCL");
+        throw Error("device " + device.str() + ": this LibTorch was built without NCCL, or nccl.h was not on the "
+                    "include path when xpo was compiled");
 #endif
       } else {
-#if defined(USE_C10D_GLOO)
+#if defined(XPO_HAS_C10D_GLOO)
         auto gloo = c10d::ProcessGroupGloo::Options::create();
         // On one machine (a loopback master) the ranks talk over loopback; across machines, over the interface
         // this host's name resolves to.
@@ -138,7 +142,8 @@ class World {
         gloo->timeout = timeout;
         w.group_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, gloo);
 #else
-        throw Error("this LibTorch was built without Gloo");
+        throw Error("this LibTorch was built without Gloo, or its gloo/ headers were not on the include path when "
+                    "xpo was compiled");
 #endif
       }
     });
@@ -154,10 +159,18 @@ class World {
   [[nodiscard]] int local_rank() const noexcept { return local_rank_; }
   [[nodiscard]] bool is_main() const noexcept { return rank_ == 0; }
   [[nodiscard]] std::chrono::milliseconds timeout() const noexcept { return timeout_; }
+  // Whether collectives go through a process group: several ranks, or one that joined with communicate_alone.
+  [[nodiscard]] bool communicates() const noexcept {
+#if defined(XPO_HAS_C10D)
+    return size_ > 1 || group_.defined();
+#else
+    return size_ > 1;
+#endif
+  }
 
   // Rank 0's values into every rank's tensors (in place).
   void broadcast(std::vector<torch::Tensor> tensors) {
-    if (size_ == 1) return;
+    if (!communicates()) return;
 #if !defined(XPO_HAS_C10D)
     (void)tensors;
 #else
@@ -174,7 +187,7 @@ class World {
   // Averages `tensors` over the ranks in place, flattened into buckets of at most `bucket_bytes` (one
   // all-reduce per bucket instead of one per tensor).
   void all_reduce_mean(const std::vector<torch::Tensor>& tensors, std::int64_t bucket_bytes = std::int64_t{25} << 20) {
-    if (size_ == 1 || tensors.empty()) return;
+    if (!communicates() || tensors.empty()) return;
 #if !defined(XPO_HAS_C10D)
     (void)bucket_bytes;
 #else
@@ -218,7 +231,7 @@ class World {
     Pending p;
     p.tensors = {flat};
 #if defined(XPO_HAS_C10D)
-    if (size_ > 1) guard(what, [&] { p.work = group_->allreduce(p.tensors); });
+    if (communicates()) guard(what, [&] { p.work = group_->allreduce(p.tensors); });
 #else
     (void)what;
 #endif
@@ -237,7 +250,7 @@ class World {
 
   // The mean over ranks of each value (every rank must pass the same keys).
   std::map<std::string, double> average(const std::map<std::string, double>& values) {
-    if (size_ == 1) return values;
+    if (!communicates()) return values;
     std::vector<double> v;
     for (const auto& [k, x] : values) v.push_back(x);
     auto t = torch::tensor(v, torch::kFloat64);
@@ -250,7 +263,7 @@ class World {
 
   // The sum over ranks (e.g. of a flag: > 0 when any rank raised it).
   double sum(double value, const std::string& what) {
-    if (size_ == 1) return value;
+    if (!communicates()) return value;
     auto t = torch::tensor({value}, torch::kFloat64);
     all_reduce_sum_cpu(t, what);
     return t.item<double>();
@@ -258,7 +271,7 @@ class World {
 
   // Waits until every rank arrives (or the timeout passes).
   void barrier(const std::string& what) {
-    if (size_ == 1) return;
+    if (!communicates()) return;
     (void)sum(0.0, what);  // an all-reduce: Gloo's barrier ignores the timeout in some LibTorch versions
   }
 

@@ -196,7 +196,7 @@ class Trainer {
     std::vector<torch::Tensor> all = unwrap(policy_).parameters();
     world_.broadcast(all);
     reducer_.reset();
-    if (world_.size() > 1) reducer_ = distributed::GradientReducer::attach(world_, params_);
+    if (world_.communicates()) reducer_ = distributed::GradientReducer::attach(world_, params_);
   }
   [[nodiscard]] const distributed::World& world() const noexcept { return world_; }
 
