@@ -42,6 +42,7 @@ TEST(Generate, GreedyEqualsTransformersWithAndWithoutCache) {
     const auto reference = xpo::test::read_json(folder / "reference.json");
     const auto& g = reference.at("greedy");
     auto options = greedy_options(g);
+    options.output_token_logprobs = true;
     auto gen = xpo::compat::make_generator(torch::kCPU, 0);
     for (bool use_cache : {true, false}) {
       SCOPED_TRACE(use_cache ? "KV cache" : "full recompute");
@@ -59,6 +60,45 @@ TEST(Generate, GreedyEqualsTransformersWithAndWithoutCache) {
       EXPECT_TRUE(out.contains_eos.equal(expected.eq(options.eos_token_ids[0]).any(-1)));
       EXPECT_TRUE(out.completion_mask.sum(-1).equal(ref_logps.present.sum(-1).to(torch::kLong)))
           << "mask covers exactly the tokens up to and including EOS";
+    }
+  }
+}
+
+// The log-probs generation records (output_token_logprobs; the trainer's reference uses them instead of a second
+// forward) are log_softmax of the RAW logits at the drawn tokens, whatever temperature/top-k/top-p shaped the draw,
+// and equal a forward over [prompt; completion] to float summation order: |a - e| <= 1e-5 (1 + |e|), on left-padded
+// prompts of different lengths, with the KV cache (rows dropped as they finish) and without. Off: not computed.
+TEST(Generate, RecordedTokenLogprobsEqualAForwardOverPromptAndCompletion) {
+  for (const auto& folder : causal_folders()) {
+    SCOPED_TRACE(folder.string());
+    auto model = xpo::models::load_causal_lm(folder);
+    const auto reference = xpo::test::read_json(folder / "reference.json");
+    const auto& g = reference.at("greedy");
+    auto options = greedy_options(g);
+    options.temperature = 0.7;
+    options.top_k = 5;
+    options.top_p = 0.9;
+    const auto ids = to_tensor(g.at("input_ids"), torch::kLong), mask = to_tensor(g.at("attention_mask"), torch::kLong);
+    ASSERT_GT(mask.sum(-1).max().item<std::int64_t>(), mask.sum(-1).min().item<std::int64_t>()) << "prompts of different lengths";
+    xpo::generation::RowStreams streams;
+    for (std::int64_t i = 0; i < ids.size(0); ++i) streams.keys.push_back(xpo::generation::RowStreams::key({5, static_cast<std::uint64_t>(i)}));
+    EXPECT_FALSE(xpo::generation::generate(model, ids, mask, options, streams).token_logprobs.defined()) << "not asked for";
+    options.output_token_logprobs = true;
+    for (bool use_cache : {true, false}) {
+      SCOPED_TRACE(use_cache ? "KV cache" : "full recompute");
+      options.use_cache = use_cache;
+      const auto out = xpo::generation::generate(model, ids, mask, options, streams);
+      ASSERT_TRUE(out.token_logprobs.defined());
+      EXPECT_EQ(out.token_logprobs.scalar_type(), torch::kFloat);
+      const auto full_mask = torch::cat({mask, out.completion_mask}, 1);
+      torch::Tensor expected;
+      {
+        torch::NoGradGuard no_grad;
+        const auto logits = model->forward(torch::cat({ids, out.completion_ids}, 1), full_mask, xpo::position_ids_from_mask(full_mask));
+        expected = xpo::completion_token_logps(logits, out.completion_ids, out.completion_mask, ids.size(1));
+      }
+      EXPECT_TRUE(xpo::test::all_close(out.token_logprobs, expected, 1e-5));
+      EXPECT_TRUE(out.token_logprobs.masked_select(out.completion_mask.eq(0)).eq(0).all().item<bool>()) << "0 after EOS";
     }
   }
 }

@@ -51,7 +51,9 @@ struct Generation {
   torch::Tensor completion_ids;   // [B, T] int64, pad after the first EOS (T <= max_new_tokens)
   torch::Tensor completion_mask;  // [B, T] int64, 1 up to and including the first EOS
   torch::Tensor contains_eos;     // [B] bool
-  torch::Tensor token_logprobs;   // [B, T] raw-model log-prob of each generated token (0 where mask is 0)
+  // [B, T] float32: the raw model's log-prob of each generated token (log_softmax of the untempered, unfiltered
+  // logits; 0 where mask is 0). Only with SamplingOptions::output_token_logprobs; undefined otherwise.
+  torch::Tensor token_logprobs;
 };
 
 // Called after every decoding step with that step's token per ORIGINAL row ([B] int64 on the CPU, pad for rows
@@ -119,13 +121,14 @@ Generation generate_with(M& model, const torch::Tensor& prompt_ids, const torch:
 
     for (std::int64_t step = 0; step < options.max_new_tokens; ++step) {
       auto token = draw(logits, step, rows);                    // [B']
-      auto logprob = selective_log_softmax(logits, token);      // [B'] under the raw distribution
       const auto done_before = finished.index_select(0, rows);  // [B']
       token = token.masked_fill(done_before, options.pad_token_id);
-      logprob = logprob.masked_fill(done_before, 0.0);
       const auto full_token = torch::full({b}, options.pad_token_id, token.options()).index_copy(0, rows, token);
       step_tokens.push_back(full_token);
-      step_logprobs.push_back(torch::zeros({b}, logprob.options()).index_copy(0, rows, logprob));
+      if (options.output_token_logprobs) {  // [B'] under the raw distribution
+        const auto logprob = selective_log_softmax(logits, token).masked_fill(done_before, 0.0);
+        step_logprobs.push_back(torch::zeros({b}, logprob.options()).index_copy(0, rows, logprob));
+      }
       finished.index_copy_(0, rows, done_before.logical_or(torch::isin(token, eos)));
       if (on_token) on_token(step, full_token.cpu(), finished.cpu());
       if (step + 1 == options.max_new_tokens || finished.all().template item<bool>()) break;
@@ -166,7 +169,7 @@ Generation generate_with(M& model, const torch::Tensor& prompt_ids, const torch:
   g.contains_eos = is_any_of(out.ids, options.eos_token_ids).logical_and(out.mask.ne(0)).any(-1);
   g.completion_ids = out.ids;
   g.completion_mask = out.mask;
-  g.token_logprobs = torch::stack(step_logprobs, 1).clone().masked_fill(out.mask.eq(0), 0.0);
+  if (options.output_token_logprobs) g.token_logprobs = torch::stack(step_logprobs, 1).clone().masked_fill(out.mask.eq(0), 0.0);
   return g;
 }
 }  // namespace detail

@@ -25,6 +25,9 @@ struct SamplingOptions {
   std::vector<std::int64_t> eos_token_ids;  // a row ends at the first of any of these
   std::int64_t pad_token_id = 0;            // emitted by finished rows
   bool use_cache = true;                    // false: recompute the whole sequence at every step (reference path)
+  // Record Generation::token_logprobs, the raw model's log-probability of each drawn token: log_softmax of the
+  // logits before temperature/top-k/top-p/min-p, as transformers' output_logits gives them. Off: nothing computed.
+  bool output_token_logprobs = false;
 
   // The generation fields of an XPO config, with the tokenizer's special ids.
   static SamplingOptions from_config(const XPOConfig& c, std::vector<std::int64_t> eos_token_ids, std::int64_t pad_token_id) {
