@@ -18,6 +18,21 @@
 
 namespace xpo::training {
 
+// Performance switches of the Trainer's step (issue 23), set with Trainer::set_step_options. Each one removes work
+// without changing the loss, metrics or updates beyond float summation order; switching one off runs the plain
+// computation, so that its own saving can be measured (benchmarks/trainer_bench.cpp) and checked against
+// (tests/training/trainer_test.cpp). A performance knob, not an XPOConfig field: a run's results do not depend on it.
+struct StepOptions {
+  // The reference's log-probs of its own sample are recorded while it generates it (log_softmax of its raw logits
+  // at the drawn tokens, SamplingOptions::output_token_logprobs), so its loss forward covers only [prompt; the
+  // policy's sample]: B rows instead of 2B. Used under float32 and under bf16/fp16 alike (both are the same
+  // model's log-probs at the same compute precision; see the README's "A faster step").
+  bool record_reference_logps = true;
+  // Each prompt runs once through each model in the loss forward and both completions attend to its keys and
+  // values (models::CausalLM::forward_shared_prompt); a Model type without it runs [prompt; completion] rows.
+  bool shared_prompt_forward = true;
+};
+
 // Who won, from scores or judgements (ALGORITHM.md §1.4).
 struct Preference {
   torch::Tensor chosen_mask;   // [B] bool: the policy's sample is chosen

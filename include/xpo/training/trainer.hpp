@@ -200,6 +200,11 @@ class Trainer {
   }
   [[nodiscard]] const distributed::World& world() const noexcept { return world_; }
 
+  // The step's performance switches (training/step.hpp): each saves work without changing results beyond float
+  // summation order; all on by default. Takes effect from the next micro-batch.
+  void set_step_options(const training::StepOptions& options) noexcept { step_options_ = options; }
+  [[nodiscard]] const training::StepOptions& step_options() const noexcept { return step_options_; }
+
   // One optimizer step: gradient_accumulation_steps micro-batches, clipping, AdamW, the LR schedule.
   // A non-finite loss or gradient norm skips the update: the weights and AdamW's moments are left as they were,
   // the step is counted in state().skipped_steps (logged as `skipped_steps`) and its metrics stay out of the
@@ -963,6 +968,7 @@ class Trainer {
   std::optional<training::GradScaler> scaler_;       // fp16 only
   std::shared_ptr<distributed::GradientReducer> reducer_;  // set by distribute() when there are several ranks
   training::TrainerState state_;
+  training::StepOptions step_options_;  // performance switches, see set_step_options
   mutable std::vector<std::size_t> order_;  // the shuffled prompt order of epoch order_epoch_
   mutable std::int64_t order_epoch_ = -1;
   Window window_;
