@@ -6,13 +6,7 @@ dest=${1:-build/torch2}
 pkgs=(libtorch-dev)
 [ -d "$dest/usr/include/torch" ] && { echo "torch2 headers already in $dest"; exit 0; }
 
-# The first Debian archive URI of the machine's apt configuration (deb822 .sources or one-line .list).
-mirror=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v -- '-security' | head -n1 || true)
-if [ -z "$mirror" ]; then
-  mirror=$(grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-           | grep -v -- '-security' | awk '{for(i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' | head -n1 || true)
-fi
-[ -n "$mirror" ] || { echo "torch2-headers: no Debian mirror found in the apt sources" >&2; exit 1; }
+mirror=$(bash "$(dirname "$0")/../scripts/lib/debian-mirror.sh")  # the Debian archive of this machine's apt sources
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
