@@ -166,6 +166,7 @@ int main_impl(int argc, char** argv) {
     for (const auto& p : e.problems()) std::fprintf(stderr, "xpo-chat: %s\n", p.c_str());
     return 2;
   }
+  (void)xpo::configure_threads();  // the BLAS and LibTorch's own kernels in one pool of all cores
   if (args.model_name_or_path.empty()) {
     std::fprintf(stderr, "xpo-chat: --model_name_or_path is required (a model folder, e.g. xpo-train's output_dir)\n");
     return 2;

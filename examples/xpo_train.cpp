@@ -411,7 +411,7 @@ int dispatch_loss(xpo::models::CausalLM policy, Scorer scorer, xpo::text::Tokeni
 }
 
 // --nproc N without a launcher: runs this same command as N local processes (ranks 0..N-1, RANK/WORLD_SIZE/
-// LOCAL_RANK/MASTER_ADDR/MASTER_PORT set as torchrun would) and waits for them. Ctrl-C is forwarded. When a rank
+// LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT set as torchrun would) and waits for them. Ctrl-C is forwarded. When a rank
 // fails, the launcher names it and stops the others; its exit status is the first failure's (130 after Ctrl-C).
 int launch_local(int argc, char** argv, std::int64_t nproc) {
   int port = 0;
@@ -428,6 +428,7 @@ int launch_local(int argc, char** argv, std::int64_t nproc) {
       ::setenv("RANK", std::to_string(r).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
       ::setenv("MASTER_ADDR", "127.0.0.1", 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
       std::signal(SIGINT, SIG_DFL);
@@ -557,6 +558,12 @@ int main_impl(int argc, char** argv) {
                                             std::chrono::milliseconds(static_cast<std::int64_t>(args.dist_timeout * 1000)));
     if (!g_world.is_main()) std::freopen("/dev/null", "w", stdout);  // one results table, from rank 0
     std::fprintf(stderr, "xpo-train: rank %d of %d joined\n", g_world.rank(), g_world.size());
+  }
+  {  // one pool of this machine's cores for the BLAS and LibTorch's own kernels, split among local ranks
+    int local = 1;
+    if (const char* n = std::getenv("LOCAL_WORLD_SIZE"); n != nullptr && launch) local = std::max(1, std::atoi(n));
+    const auto threads = xpo::configure_threads(std::nullopt, local);
+    if (g_world.is_main()) std::fprintf(stderr, "xpo-train: %s\n", threads.describe().c_str());
   }
 
   // Data first: a malformed line stops the run before a model is loaded or anything is written.

@@ -7,9 +7,13 @@
 #include <algorithm>
 #include <chrono>
 
+#include "xpo/core/threads.hpp"
 #include "xpo/io/hf_config.hpp"
 
 namespace xpo::bench {
+
+// Every benchmark runs with the threads xpo's programs use (core/threads.hpp), set once before main.
+inline const ThreadSetup kThreads = configure_threads();
 
 template <class F>
 double best_seconds(int repeats, F&& f) {

@@ -12,6 +12,7 @@
 #include "xpo/core/json_file.hpp"
 #include "xpo/core/padding.hpp"
 #include "xpo/core/tensor_ops.hpp"
+#include "xpo/core/threads.hpp"
 #include "xpo/core/types.hpp"
 #include "xpo/core/validation.hpp"
 #include "xpo/distributed/reducer.hpp"
