@@ -28,12 +28,12 @@
 #include <xpo/training/trainer.hpp>
 
 #include <cstdlib>
-#include <random>
 
 #include <unistd.h>
 
 #include "support/machine.hpp"
 #include "support/memory.hpp"
+#include "support/qwen.hpp"
 
 namespace {
 
@@ -44,35 +44,11 @@ std::filesystem::path fixtures_dir() {
   return env != nullptr ? std::filesystem::path(env) : std::filesystem::path(XPO_DEFAULT_FIXTURES_DIR);
 }
 
-xpo::io::ModelConfig qwen05b_config(bool reward_model) {
-  nlohmann::json j = {{"model_type", "qwen2"},
-                      {"architectures", {reward_model ? "Qwen2ForSequenceClassification" : "Qwen2ForCausalLM"}},
-                      {"vocab_size", 151936}, {"hidden_size", 896}, {"intermediate_size", 4864},
-                      {"num_hidden_layers", 24}, {"num_attention_heads", 14}, {"num_key_value_heads", 2},
-                      {"max_position_embeddings", 32768}, {"rope_theta", 1000000.0}, {"rms_norm_eps", 1e-6},
-                      {"tie_word_embeddings", true}, {"bos_token_id", 151643}, {"eos_token_id", 151645},
-                      {"pad_token_id", 151643}};
-  if (reward_model) j["num_labels"] = 1;
-  return xpo::io::ModelConfig::from_json(j);
-}
+xpo::io::ModelConfig qwen05b_config(bool reward_model) { return xpo::bench::qwen2_0p5b_config(reward_model); }
 
 // Four prompts of about 100, 133, 166 and 200 tokens (Qwen's tokenizer), from a seeded word list.
 xpo::PromptDataset bench_prompts(const xpo::text::Tokenizer& tokenizer, double* mean_tokens) {
-  static const char* words[] = {"the", "model", "explains", "why", "river", "mountains", "quietly", "answer",
-                                "question", "carefully", "history", "of", "science", "and", "music", "in",
-                                "a", "short", "poem", "about", "weather", "tomorrow", "students", "learn"};
-  std::mt19937 rng(11);
-  xpo::PromptDataset rows;
-  double total = 0;
-  for (std::int64_t i = 0; i < kBatch; ++i) {
-    const auto target = static_cast<std::size_t>(100 + 100 * i / (kBatch - 1));
-    std::string text = "Write about";
-    while (tokenizer.encode(text).size() < target) text += std::string(" ") + words[rng() % std::size(words)];
-    total += static_cast<double>(tokenizer.encode(text).size());
-    rows.push_back({{"prompt", text}});
-  }
-  *mean_tokens = total / static_cast<double>(kBatch);
-  return rows;
+  return xpo::bench::prompts_of_length(tokenizer, kBatch, 100, 200, 11, mean_tokens);
 }
 
 double bytes_of(const std::vector<torch::Tensor>& ts) {
