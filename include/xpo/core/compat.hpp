@@ -54,6 +54,20 @@ using CollectiveGroup = c10d::Backend;
 using CollectiveGroup = c10d::ProcessGroup;
 #endif
 
+// c10d's TCPStore (distributed/world.hpp): LibTorch 2.4 made the libuv server its default, but libuv is an optional
+// part of a LibTorch build (Debian's 2.6 has none, and joining fails with "use_libuv was requested but PyTorch was
+// build without libuv support"; whether a build has it is not exported to C++). The classic server is in every
+// build, and a rendezvous of a few keys per rank does not need libuv's scaling, so xpo always asks for the classic
+// one. `Options` is c10d::TCPStoreOptions (a template so this header needs no c10d include).
+template <class Options>
+void use_classic_tcp_store(Options& options) {
+#if XPO_TORCH_VERSION_AT_LEAST(2, 4)
+  options.useLibUV = false;
+#else
+  (void)options;  // 1.13 .. 2.3: the classic server is the only one, or already the default
+#endif
+}
+
 inline constexpr int torch_major = TORCH_VERSION_MAJOR;
 inline constexpr int torch_minor = TORCH_VERSION_MINOR;
 

@@ -123,6 +123,7 @@ class World {
       options.isServer = env.rank == 0;
       options.numWorkers = static_cast<std::size_t>(env.world_size);
       options.timeout = timeout;
+      compat::use_classic_tcp_store(options);
       auto store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, options);
       if (device.is_cuda()) {
 #if defined(XPO_HAS_C10D_NCCL)
