@@ -111,7 +111,10 @@ inline torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch
 #if XPO_HAS_FUSED_SDPA
   const auto k_all = group == 1 ? k : k.repeat_interleave(group, 1);
   const auto v_all = group == 1 ? v : v.repeat_interleave(group, 1);
-  return at::scaled_dot_product_attention(q, k_all, v_all, additive_mask, dropout_p);
+  // A KV cache kept in autocast's dtype (DecoderModelImpl::make_cache) meets float32 queries: SDPA wants one dtype,
+  // and autocast would cast the queries to it anyway.
+  const auto q_all = q.scalar_type() != k_all.scalar_type() ? q.to(k_all.scalar_type()) : q;
+  return at::scaled_dot_product_attention(q_all, k_all, v_all, additive_mask, dropout_p);
 #else
   const auto b = q.size(0), h = q.size(1), tq = q.size(2), d = q.size(3);
   const auto hkv = k.size(1), tk = k.size(2);

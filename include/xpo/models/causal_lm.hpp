@@ -70,7 +70,9 @@ class CausalLMImpl : public torch::nn::Module {
 
   // hidden [B, T, H] -> logits [B, T, V]; soft-capped c tanh(logits / c) when final_logit_softcapping is set
   torch::Tensor head(const torch::Tensor& hidden) {
-    auto logits = lm_head ? lm_head(hidden) : torch::nn::functional::linear(hidden, model->embed_tokens->weight);
+    auto logits = lm_head ? lm_head(hidden)
+                          : torch::nn::functional::linear(
+                                hidden, autocast_weight(model->embed_tokens->weight, low_precision_cache_, tied_head_copy_));
     const auto t = logits.scalar_type();
     if (t == torch::kHalf || t == torch::kBFloat16) logits = logits.to(torch::kFloat);
     if (config_.final_logit_softcapping) {
@@ -104,6 +106,16 @@ class CausalLMImpl : public torch::nn::Module {
     return out;
   }
 
+  // Mixed precision over frozen weights (LoRA): every frozen float32 linear weight (and a tied LM head's) is cast
+  // to autocast's dtype once and kept, instead of at every call (LinearImpl::set_low_precision_cache). The results
+  // are unchanged; the memory is 2 bytes per frozen weight under bf16/fp16.
+  void set_low_precision_cache(bool on) {
+    low_precision_cache_ = on;
+    if (!on) tied_head_copy_.reset();
+    for (auto& m : modules(/*include_self=*/false))
+      if (auto* linear = m->as<LinearImpl>()) linear->set_low_precision_cache(on);
+  }
+
   // Gradient checkpointing of every decoder layer in training forwards (see DecoderModelImpl).
   void set_gradient_checkpointing(bool on) { model->set_gradient_checkpointing(on); }
 
@@ -119,6 +131,8 @@ class CausalLMImpl : public torch::nn::Module {
   io::ModelConfig config_;
   std::shared_ptr<AdapterSwitch> adapter_switch_ = std::make_shared<AdapterSwitch>();
   std::optional<LoRAOptions> lora_;
+  bool low_precision_cache_ = false;
+  LowPrecisionCopy tied_head_copy_;
 };
 TORCH_MODULE(CausalLM);
 

@@ -244,10 +244,14 @@ class DecoderModelImpl : public torch::nn::Module {
     return run(input_ids, attention_mask, position_ids, cache, use_long);
   }
 
-  // A cache for `batch` rows and `capacity` positions, in the model's dtype and on its device.
+  // A cache for `batch` rows and `capacity` positions on the model's device, in the model's dtype, or, for a
+  // float32 model made while autocast is on (bf16/fp16 mixed precision), in autocast's dtype: the attention's
+  // matmuls read keys and values in that dtype anyway, so they are rounded once, as written, with the same values
+  // autocast's cast would give, instead of re-cast at every decoding step (and the cache is half the size).
   [[nodiscard]] KVCache make_cache(std::int64_t batch, std::int64_t capacity) const {
     KVCache cache;
-    const auto opts = embed_tokens->weight.options().requires_grad(false);
+    auto opts = embed_tokens->weight.options().requires_grad(false);
+    if (const auto low = compat::autocast_dtype_on(opts.device().type()); low && opts.dtype() == torch::kFloat) opts = opts.dtype(*low);
     for (std::int64_t i = 0; i < config_.num_hidden_layers; ++i) {
       cache.keys.push_back(torch::zeros({batch, config_.num_key_value_heads, capacity, config_.head_dim}, opts));
       cache.values.push_back(torch::zeros({batch, config_.num_key_value_heads, capacity, config_.head_dim}, opts));

@@ -705,6 +705,10 @@ class Trainer {
   static constexpr bool kIsCausalLM = std::is_same_v<Model, models::CausalLM>;
 
   void setup_reference(std::optional<Model> reference) {
+    if constexpr (kIsCausalLM) {
+      // bf16/fp16 under LoRA: the frozen base weights are cast to the low precision once, not at every call.
+      if (autocast_dtype_ && policy_->lora()) policy_->set_low_precision_cache(true);
+    }
     if (reference) {
       reference_ = std::move(reference);
       for (auto& p : unwrap(*reference_).parameters()) p.set_requires_grad(false);

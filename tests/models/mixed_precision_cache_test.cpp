@@ -1,0 +1,122 @@
+// The KV cache under bf16 mixed precision (DecoderModelImpl::make_cache): a float32 model's cache made while
+// autocast is on holds autocast's dtype, and decoding with it gives the same logits as decoding with a float32
+// cache that autocast casts at every step (both feed the attention the same bfloat16 keys and values; tolerance
+// 1e-5 x (1 + |logit|) allows only a different summation order in the matmul kernels), on every fixture model.
+// And CausalLM::set_low_precision_cache: frozen float32 weights cast once and kept give the same logits and input
+// gradients as autocast's cast at every call, and a weight changed in place is cast again.
+#include <gtest/gtest.h>
+
+#include <xpo/core/compat.hpp>
+#include <xpo/models/pretrained.hpp>
+
+#include "support/fixtures.hpp"
+
+namespace {
+
+using xpo::test::all_close;
+
+// The fixture folders holding causal LMs (the others are reward models).
+std::vector<std::filesystem::path> causal_lm_folders() {
+  std::vector<std::filesystem::path> out;
+  for (const auto& f : xpo::test::model_fixture_folders())
+    if (!xpo::io::ModelConfig::load(f).is_sequence_classifier()) out.push_back(f);
+  if (out.empty()) throw std::runtime_error("no causal LM among the fixture models");
+  return out;
+}
+
+// Decodes `steps` tokens greedily after `ids` with `cache`, returning the last position's logits of each step
+// [B, steps, V]; runs under autocast (bfloat16) whatever the cache's dtype.
+torch::Tensor decode_logits(xpo::models::CausalLM& model, const torch::Tensor& ids, xpo::models::KVCache cache, int steps) {
+  torch::NoGradGuard no_grad;
+  xpo::compat::AutocastGuard bf16(c10::DeviceType::CPU, torch::kBFloat16);
+  const auto b = ids.size(0), p = ids.size(1);
+  auto mask = torch::ones({b, p}, torch::kLong);
+  auto positions = torch::arange(p, torch::kLong).unsqueeze(0).expand({b, p}).contiguous();
+  auto logits = model->forward(ids, mask, positions, cache, /*last_only=*/true);
+  std::vector<torch::Tensor> out{logits};
+  for (int s = 1; s < steps; ++s) {
+    const auto next = logits.argmax(-1);  // [B, 1]
+    mask = torch::cat({mask, torch::ones({b, 1}, torch::kLong)}, 1);
+    positions = torch::full({b, 1}, p + s - 1, torch::kLong);
+    logits = model->forward(next, mask, positions, cache, /*last_only=*/true);
+    out.push_back(logits);
+  }
+  return torch::cat(out, 1);
+}
+
+TEST(MixedPrecisionCache, AutocastCacheHoldsTheLowPrecisionAndDecodesTheSame) {
+  for (const auto& folder : causal_lm_folders()) {
+    SCOPED_TRACE(folder.filename().string());
+    auto model = xpo::models::load_causal_lm(folder);
+    model->eval();
+    const int steps = 6;
+    const std::int64_t b = 2, p = 5, capacity = p + steps;
+    torch::manual_seed(3);
+    const auto ids = torch::randint(std::min<std::int64_t>(model->vocab_size(), 100), {b, p}, torch::kLong);
+
+    const auto float_cache = model->make_cache(b, capacity);  // made outside autocast: the model's float32
+    ASSERT_EQ(float_cache.keys.front().scalar_type(), torch::kFloat);
+    xpo::models::KVCache low_cache;
+    {
+      xpo::compat::AutocastGuard bf16(c10::DeviceType::CPU, torch::kBFloat16);
+      low_cache = model->make_cache(b, capacity);
+    }
+    ASSERT_EQ(low_cache.keys.front().scalar_type(), torch::kBFloat16);
+    ASSERT_EQ(low_cache.values.back().scalar_type(), torch::kBFloat16);
+
+    const auto with_float = decode_logits(model, ids, float_cache, steps);
+    const auto with_low = decode_logits(model, ids, low_cache, steps);
+    EXPECT_TRUE(all_close(with_low, with_float, 1e-5));
+  }
+}
+
+TEST(MixedPrecisionCache, FrozenWeightsCastOnceGiveTheSameLogitsAndGradients) {
+  for (const auto& folder : causal_lm_folders()) {
+    SCOPED_TRACE(folder.filename().string());
+    auto model = xpo::models::load_causal_lm(folder);
+    const auto& c = model->config();
+    model->enable_lora({.r = 4, .alpha = 8, .dropout = 0.0,
+                        .target_modules = c.fused_projections ? std::vector<std::string>{"qkv_proj"} : std::vector<std::string>{"q_proj", "v_proj"}});
+    model->eval();
+    torch::manual_seed(5);
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : model->parameters())
+        if (p.requires_grad()) p.normal_(0, 0.05);  // adapters that change the output
+    }
+    const std::int64_t b = 2, t = 7;
+    const auto ids = torch::randint(std::min<std::int64_t>(model->vocab_size(), 100), {b, t}, torch::kLong);
+    const auto mask = torch::ones({b, t}, torch::kLong);
+    const auto positions = torch::arange(t, torch::kLong).unsqueeze(0).expand({b, t}).contiguous();
+    const auto run = [&] {  // logits under bf16 autocast, and the adapters' gradients of their sum
+      model->zero_grad();
+      xpo::compat::AutocastGuard bf16(c10::DeviceType::CPU, torch::kBFloat16);
+      const auto logits = model->forward_window(ids, mask, positions, 0, t);
+      logits.sum().backward();
+      std::vector<torch::Tensor> grads;
+      for (const auto& p : model->parameters())
+        if (p.requires_grad()) grads.push_back(p.grad().clone());
+      return std::pair{logits.detach(), grads};
+    };
+    const auto [plain_logits, plain_grads] = run();
+    model->set_low_precision_cache(true);
+    const auto [cached_logits, cached_grads] = run();
+    EXPECT_TRUE(all_close(cached_logits, plain_logits, 1e-6));
+    ASSERT_EQ(cached_grads.size(), plain_grads.size());
+    for (std::size_t i = 0; i < plain_grads.size(); ++i) EXPECT_TRUE(all_close(cached_grads[i], plain_grads[i], 1e-5));
+
+    // A frozen weight changed in place: the kept copy follows it.
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : model->parameters())
+        if (!p.requires_grad() && p.dim() == 2) p.mul_(0.5);
+    }
+    const auto changed_cached = run().first;
+    model->set_low_precision_cache(false);
+    const auto changed_plain = run().first;
+    EXPECT_TRUE(all_close(changed_cached, changed_plain, 1e-6));
+    EXPECT_FALSE(all_close(changed_cached, cached_logits, 1e-3));
+  }
+}
+
+}  // namespace
