@@ -296,4 +296,79 @@ TEST(Generate, PromptThatLeavesNoRoomIsAnErrorNamingTheRow) {
   EXPECT_NO_THROW((void)xpo::generation::generate(model, ids, mask, options, gen));
 }
 
+// The LoRA policy's and its reference's (adapters off) samples in one batched decode of 2B rows
+// (generate_adapted_and_base) are those of two decodes from the same row streams: the same tokens, masks and
+// widths, and log-probs equal to float summation order (|a - e| <= 1e-5 (1 + |e|)); greedy and sampled (with
+// top-k/top-p), with the KV cache and without, on every fixture model with adapters on all its linear layers and
+// B initialised non-zero (N(0, 0.1): the adapters change samples). As for RowStreamsMakeARowsSampleIndependentOfItsBatch,
+// the tokens are equal as long as the BLAS's rounding of a row in a batch of another size (about 1e-6 of the
+// logits here) moves no draw across a token boundary.
+TEST(Generate, FusedLoRADecodeEqualsTwoSeparateDecodes) {
+  bool adapters_changed_something = false;
+  for (const auto& folder : causal_folders()) {
+    SCOPED_TRACE(folder.string());
+    auto model = xpo::models::load_causal_lm(folder);
+    torch::manual_seed(11);
+    model->enable_lora({.r = 2, .alpha = 4, .dropout = 0.0, .target_modules = model->config().linear_layer_names()});
+    {
+      torch::NoGradGuard no_grad;
+      for (const auto& p : model->named_parameters())
+        if (p.key().find("lora_B") != std::string::npos) p.value().normal_(0.0, 0.1);
+    }
+    const auto reference = xpo::test::read_json(folder / "reference.json");
+    const auto& g = reference.at("greedy");
+    auto options = greedy_options(g);
+    options.output_token_logprobs = true;
+    const auto ids = to_tensor(g.at("input_ids"), torch::kLong), mask = to_tensor(g.at("attention_mask"), torch::kLong);
+    xpo::generation::RowStreams policy_streams, reference_streams;
+    for (std::int64_t i = 0; i < ids.size(0); ++i) {
+      policy_streams.keys.push_back(xpo::generation::RowStreams::key({3, 1, static_cast<std::uint64_t>(i)}));
+      reference_streams.keys.push_back(xpo::generation::RowStreams::key({3, 2, static_cast<std::uint64_t>(i)}));
+    }
+    for (auto [temperature, top_k, top_p] : {std::tuple{0.0, std::int64_t{0}, 1.0}, std::tuple{1.0, std::int64_t{0}, 1.0},
+                                             std::tuple{0.8, std::int64_t{7}, 0.9}}) {
+      options.temperature = temperature;
+      options.top_k = top_k;
+      options.top_p = top_p;
+      for (bool use_cache : {true, false}) {
+        SCOPED_TRACE("temperature " + std::to_string(temperature) + (use_cache ? ", KV cache" : ", full recompute"));
+        options.use_cache = use_cache;
+        const auto policy = xpo::generation::generate(model, ids, mask, options, policy_streams);
+        const auto base = [&] {
+          xpo::models::AdaptersDisabled off(model->adapter_switch());
+          return xpo::generation::generate(model, ids, mask, options, reference_streams);
+        }();
+        const auto [fused_policy, fused_base] =
+            xpo::generation::generate_adapted_and_base(model, ids, mask, options, policy_streams, reference_streams);
+        EXPECT_FALSE(model->adapter_switch()->leading_rows.has_value()) << "the switch is restored";
+        for (const auto& [fused, separate, what] : {std::tuple{&fused_policy, &policy, "policy rows"}, std::tuple{&fused_base, &base, "reference rows"}}) {
+          SCOPED_TRACE(what);
+          EXPECT_TRUE(fused->completion_ids.equal(separate->completion_ids)) << fused->completion_ids << "\nvs\n" << separate->completion_ids;
+          EXPECT_TRUE(fused->completion_mask.equal(separate->completion_mask));
+          EXPECT_TRUE(fused->contains_eos.equal(separate->contains_eos));
+          EXPECT_TRUE(xpo::test::all_close(fused->token_logprobs, separate->token_logprobs, 1e-5));
+        }
+        // Without adapters the reference's greedy tokens; a fused decode that ran every row adapted (or none) would
+        // differ from the separate ones somewhere once the adapters change a sample.
+        const auto width = options.max_new_tokens;
+        if (!padded(policy.completion_ids, width, options.pad_token_id).equal(padded(base.completion_ids, width, options.pad_token_id)) &&
+            temperature == 0)
+          adapters_changed_something = true;
+      }
+    }
+  }
+  EXPECT_TRUE(adapters_changed_something) << "the adapters changed no greedy sample: the test would not see them applied to the wrong rows";
+  auto model = xpo::models::load_causal_lm(causal_folders().front());
+  model->enable_lora({.r = 2, .alpha = 4, .dropout = 0.0, .target_modules = {"q_proj"}});
+  xpo::generation::SamplingOptions options;
+  options.eos_token_ids = {2};
+  const auto ids = torch::full({2, 3}, 5, torch::kLong);
+  const xpo::generation::RowStreams two{{1, 2}}, one{{1}};
+  EXPECT_THROW((void)xpo::generation::generate_adapted_and_base(model, ids, torch::ones_like(ids), options, two, one), xpo::Error)
+      << "one key per row";
+  xpo::models::AdaptersDisabled off(model->adapter_switch());
+  EXPECT_THROW((void)xpo::generation::generate_adapted_and_base(model, ids, torch::ones_like(ids), options, two, two), xpo::Error)
+      << "adapters off";
+}
+
 }  // namespace

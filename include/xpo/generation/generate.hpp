@@ -61,6 +61,15 @@ struct Generation {
 using TokenCallback = std::function<void(std::int64_t step, const torch::Tensor& tokens, const torch::Tensor& finished)>;
 
 namespace detail {
+// The draw of a decode from row streams: temperature 0 is greedy, otherwise each active row inverts its own
+// uniform for this step (sample_next).
+inline auto row_stream_draw(const SamplingOptions& options, const RowStreams& streams, torch::Device device) {
+  return [&options, &streams, device](const torch::Tensor& logits, std::int64_t step, const torch::Tensor& rows) {
+    if (options.temperature == 0) return logits.argmax(-1);
+    return sample_next(logits, options, streams.uniforms(step, device).index_select(0, rows));
+  };
+}
+
 template <class M>
 std::optional<std::int64_t> context_length(M& model) {
   if constexpr (requires { unwrap(model).config().max_position_embeddings; }) {
@@ -71,10 +80,12 @@ std::optional<std::int64_t> context_length(M& model) {
 }
 
 // prompt_ids, prompt_mask [B, P] (left-padded) -> Generation. draw(logits [B', V], step, rows [B']) picks the
-// active rows' tokens; rows maps them to the batch's original rows.
+// active rows' tokens; rows maps them to the batch's original rows (ascending). on_rows(rows), if given, is called
+// whenever finished rows are dropped, before the next forward.
 template <CausalLanguageModel M, class Draw>
 Generation generate_with(M& model, const torch::Tensor& prompt_ids, const torch::Tensor& prompt_mask,
-                         const SamplingOptions& options, Draw&& draw, const TokenCallback& on_token) {
+                         const SamplingOptions& options, Draw&& draw, const TokenCallback& on_token,
+                         const std::function<void(const torch::Tensor&)>& on_rows = {}) {
   options.validate();
   const auto b = prompt_ids.size(0), p = prompt_ids.size(1);
   const auto device = prompt_ids.device();
@@ -145,6 +156,7 @@ Generation generate_with(M& model, const torch::Tensor& prompt_ids, const torch:
         if constexpr (incremental) {
           if (cache) cache->select_rows(keep);
         }
+        if (on_rows) on_rows(rows);
       }
       mask = torch::cat({mask, torch::ones({mask.size(0), 1}, mask.options())}, 1);
       bool decoded = false;
@@ -194,14 +206,63 @@ Generation generate(M& model, const torch::Tensor& prompt_ids, const torch::Tens
     throw Error("generate: " + std::to_string(streams.keys.size()) + " row streams for a batch of " +
                 std::to_string(prompt_ids.size(0)) + " prompts");
   }
-  const auto device = prompt_ids.device();
-  return detail::generate_with(
-      model, prompt_ids, prompt_mask, options,
-      [&](const torch::Tensor& logits, std::int64_t step, const torch::Tensor& rows) {
-        if (options.temperature == 0) return logits.argmax(-1);
-        return sample_next(logits, options, streams.uniforms(step, device).index_select(0, rows));
-      },
-      on_token);
+  return detail::generate_with(model, prompt_ids, prompt_mask, options, detail::row_stream_draw(options, streams, prompt_ids.device()),
+                               on_token);
+}
+
+// A model with LoRA adapters behind one switch (models::CausalLM): adapter_switch()->leading_rows exists.
+template <class M>
+concept SwitchableAdapterModel = CausalLanguageModel<M> && requires(M& m) {
+  unwrap(m).adapter_switch()->enabled;
+  unwrap(m).adapter_switch()->leading_rows;
+};
+
+// The adapted model's and the base model's samples (the LoRA policy and its reference) in ONE batched decode of 2B
+// rows that reads the base weights once: rows [0, B) carry the adapters, rows [B, 2B) do not
+// (AdapterSwitch::leading_rows, kept equal to the number of active adapted rows as finished rows are dropped).
+// prompt_ids, prompt_mask [B, P] -> {adapted, base}, each exactly what generate(model, prompt_ids, prompt_mask,
+// options, streams) gives with the adapters on, resp. off (AdaptersDisabled): the same row streams, the same
+// width T (the longest completion of that half), the same tokens and logits as far as the BLAS computes a row
+// independently of the batch's size (as RowStreams' batch independence; otherwise equal to float rounding).
+// The adapters must be on when called. Throws Error on a key count that is not B.
+template <SwitchableAdapterModel M>
+std::pair<Generation, Generation> generate_adapted_and_base(M& model, const torch::Tensor& prompt_ids,
+                                                            const torch::Tensor& prompt_mask, const SamplingOptions& options,
+                                                            const RowStreams& adapted_streams, const RowStreams& base_streams) {
+  const auto b = prompt_ids.size(0);
+  for (const auto* s : {&adapted_streams, &base_streams}) {
+    if (static_cast<std::int64_t>(s->keys.size()) != b) {
+      throw Error("generate_adapted_and_base: " + std::to_string(s->keys.size()) + " row streams for a batch of " +
+                  std::to_string(b) + " prompts");
+    }
+  }
+  const auto adapter_switch = unwrap(model).adapter_switch();
+  if (!adapter_switch->enabled) throw Error("generate_adapted_and_base: the adapters are switched off");
+  RowStreams streams = adapted_streams;
+  streams.keys.insert(streams.keys.end(), base_streams.keys.begin(), base_streams.keys.end());
+  // The adapters on the first rows only while decoding; the previous setting back afterwards, even on error.
+  struct Restore {
+    std::function<void()> undo;
+    ~Restore() { undo(); }
+  } restore{[adapter_switch, previous = adapter_switch->leading_rows] { adapter_switch->leading_rows = previous; }};
+  adapter_switch->leading_rows = b;
+  const auto both = detail::generate_with(
+      model, torch::cat({prompt_ids, prompt_ids}), torch::cat({prompt_mask, prompt_mask}), options,
+      detail::row_stream_draw(options, streams, prompt_ids.device()), {},
+      [&](const torch::Tensor& rows) { adapter_switch->leading_rows = rows.lt(b).sum().template item<std::int64_t>(); });
+  // Each half as its own decode returns it: its rows, and as many columns as its longest completion (a separate
+  // decode stops when its last row has ended).
+  const auto half = [&](std::int64_t first) {
+    const auto mask = both.completion_mask.narrow(0, first, b);
+    const auto t = mask.sum(-1).max().template item<std::int64_t>();
+    Generation g;
+    g.completion_ids = both.completion_ids.narrow(0, first, b).narrow(1, 0, t).clone();
+    g.completion_mask = mask.narrow(1, 0, t).clone();
+    g.contains_eos = both.contains_eos.narrow(0, first, b).clone();
+    if (both.token_logprobs.defined()) g.token_logprobs = both.token_logprobs.narrow(0, first, b).narrow(1, 0, t).clone();
+    return g;
+  };
+  return {half(0), half(b)};
 }
 
 }  // namespace xpo::generation
