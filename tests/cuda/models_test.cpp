@@ -6,12 +6,14 @@
 //  - float32 logits on the GPU against our own CPU forward: 2e-5 (the same computation with other float32
 //    summation orders: cuBLAS GEMMs and the fused attention kernel instead of the CPU's; the KV-cache test's bound
 //    for summation-order differences). TF32 is off by default in LibTorch, so float32 GEMMs keep float32 inputs;
-//  - bf16, against the float32 CPU forward of the same bf16-rounded weights: 0.1 on logits. bfloat16 keeps 8
-//    significant bits (relative rounding up to 2^-8 = 0.0039 per operation); the hidden state is rounded after
-//    every projection, norm and residual add of every layer, and the logits sum over the hidden size, so errors
-//    of a few 1e-2 are expected, while a wrong mask, position or cache would move the logits by O(1). The
-//    next-token argmax must also agree wherever float32's top-2 gap exceeds 0.25. Each check prints the
-//    tolerance it needed ("[ measured ]" lines, gathered in scripts/cuda-check.sh's summary);
+//  - bf16, against the float32 CPU forward of the same bf16-rounded weights: 0.3 on logits (the fixtures' logits
+//    lie within about +-6). bfloat16 keeps 8 significant bits (relative rounding up to 2^-8 per operation; a
+//    logit near 4 moves in steps of 2^-5); the hidden state is rounded after every projection, norm and residual
+//    add of every layer. Measured with the CPU's bf16 kernels in the GPU's place (XPO_CUDA_TESTS_ON_CPU=1,
+//    LibTorch 1.13): at most 0.249 with bf16 weights and 0.177 under autocast (tiny-phi3); cuBLAS accumulates
+//    bf16 products in float32, so the GPU is expected to stay below. The next-token argmax must also agree
+//    wherever float32's top-2 gap exceeds 0.25 (it did everywhere on the CPU). Each check prints the tolerance it
+//    needed ("[ measured ]" lines, gathered in scripts/cuda-check.sh's summary), so a GPU run reports its margin;
 //  - greedy tokens: exactly the reference's (the fixtures' min_top2_logit_gap says how far every greedy choice
 //    is from a tie: far above the float32 differences);
 //  - sampled tokens with row streams: exactly the CPU's for the same keys, except that a draw may fall on the
@@ -100,10 +102,10 @@ TEST(CudaParity, Float32LogitsEqualTheCpuAndTransformers) {
 
 // bf16 on the device (the weights in bf16, and float32 weights under bf16 autocast: the trainer's --bf16 path)
 // against the float32 CPU forward of the same weights rounded to bf16, so the difference is the bf16 arithmetic
-// alone. Tolerance 0.1 (see the top of the file); where float32's top-2 gap exceeds 0.25 the argmax agrees.
+// alone. Tolerance 0.3 (see the top of the file); where float32's top-2 gap exceeds 0.25 the argmax agrees.
 TEST(CudaParity, Bf16LogitsTrackTheFloat32Forward) {
   XPO_DEVICE_UNDER_TEST(device);
-  constexpr double kTol = 0.1, kClearGap = 0.25;
+  constexpr double kTol = 0.3, kClearGap = 0.25;
   for (const auto& folder : causal_folders()) {
     SCOPED_TRACE(folder.string());
     auto rounded = xpo::models::load_causal_lm(folder);
@@ -149,7 +151,8 @@ TEST(CudaParity, RewardModelScoresEqualTransformers) {
     SCOPED_TRACE(folder.string());
     auto rm = xpo::models::load_reward_model(folder, device);
     const auto pad = rm->config().pad_token_id.value_or(0);
-    for (const auto& batch : xpo::test::read_json(folder / "reference.json").at("batches")) {
+    const auto reference = xpo::test::read_json(folder / "reference.json");  // alive while its parts are read
+    for (const auto& batch : reference.at("batches")) {
       SCOPED_TRACE(batch.at("name").get<std::string>());
       torch::Tensor index;
       const auto scores = rm->sequence_scores(ids_of(batch.at("input_ids")).to(device), ids_of(batch.at("attention_mask")).to(device),
@@ -176,7 +179,8 @@ TEST(CudaGeneration, GreedyEqualsTheReferenceTokens) {
   for (const auto& folder : causal_folders()) {
     SCOPED_TRACE(folder.string());
     auto model = xpo::models::load_causal_lm(folder, device);
-    const auto& g = xpo::test::read_json(folder / "reference.json").at("greedy");
+    const auto reference = xpo::test::read_json(folder / "reference.json");  // alive while `g` is read
+    const auto& g = reference.at("greedy");
     auto options = greedy_options(g);
     auto gen = xpo::compat::make_generator(device, 0);  // unused by greedy decoding; on the device as the trainer's
     const auto expected = ids_of(g.at("new_tokens"));
@@ -228,7 +232,8 @@ TEST(CudaGeneration, RowStreamSamplesEqualTheCpuSamples) {
     SCOPED_TRACE(folder.string());
     auto cpu = xpo::models::load_causal_lm(folder);
     auto gpu = xpo::models::load_causal_lm(folder, device);
-    const auto& g = xpo::test::read_json(folder / "reference.json").at("greedy");
+    const auto reference = xpo::test::read_json(folder / "reference.json");  // alive while `g` is read
+    const auto& g = reference.at("greedy");
     const auto ids = ids_of(g.at("input_ids")), mask = ids_of(g.at("attention_mask"));
     const auto b = ids.size(0);
     for (const auto& [temperature, top_k, top_p] : {std::tuple{1.0, std::int64_t{0}, 1.0}, std::tuple{0.7, std::int64_t{5}, 0.9}}) {

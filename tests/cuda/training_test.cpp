@@ -9,10 +9,11 @@
 //  - one whole optimizer step (clipping, AdamW): the weights 1e-5, on the elements whose gradient exceeds 1e-6 in
 //    magnitude (AdamW's first update is lr x g / (|g| + eps): a rounding-level gradient moves its weight by up to
 //    lr either way, which says nothing about the step's precision);
-//  - --bf16 and --fp16 (fp16 with the dynamic loss scaler) against float32 on the same device: the first
-//    micro-batch's loss 0.02, and for bf16 the mean logged loss over 20 steps 0.02 (the CPU's own bf16 test bound,
-//    tests/training/trainer_test.cpp); over 20 steps every loss finite, no step skipped by the non-finite guard,
-//    the weights move, and under fp16 the scale stays a power of two with at least one step applied.
+//  - --bf16 and --fp16 (fp16 with the dynamic loss scaler) on the device, 20 steps: every loss finite, no step
+//    skipped by the non-finite guard, the weights move, under fp16 the scale stays a power of two with at least
+//    one step applied; and bf16's mean logged loss within 0.02 of float32's (the CPU's own bf16 test bound,
+//    tests/training/trainer_test.cpp). The samples are drawn under autocast, so a single micro-batch's
+//    completions, and loss, are not comparable with float32's (seen with the CPU in the GPU's place: 0.23 apart).
 #include "cuda/support.hpp"
 #include "cuda/trainer_support.hpp"
 
@@ -65,9 +66,6 @@ TEST_F(CudaTrainer, MixedPrecisionTrainsAndTracksFloat32) {
       c.fp16 = mode == "fp16";
     };
   };
-  // One micro-batch from the same weights and samples: the loss under autocast against float32.
-  xpo::training::Metrics fp32_first;
-  (void)xpo::test::first_gradients(*xpo::test::tiny_trainer(device, dir_ / "fp32-first", edit("fp32")), &fp32_first);
   // A whole run: every logged loss finite, no step lost to the non-finite guard, the weights move.
   const auto run = [&](const std::string& mode) {
     auto t = xpo::test::tiny_trainer(device, dir_ / mode, edit(mode));
@@ -104,13 +102,10 @@ TEST_F(CudaTrainer, MixedPrecisionTrainsAndTracksFloat32) {
   if (device.is_cuda()) modes.push_back("fp16");  // LibTorch's CPU autocast runs bfloat16 only (the config says so)
   for (const auto& mode : modes) {
     SCOPED_TRACE(mode);
-    xpo::training::Metrics first;
-    (void)xpo::test::first_gradients(*xpo::test::tiny_trainer(device, dir_ / (mode + "-first"), edit(mode)), &first);
-    EXPECT_LE(std::abs(first.at("loss") - fp32_first.at("loss")), 0.02 * (1 + std::abs(fp32_first.at("loss"))))
-        << "first micro-batch's loss: " << first.at("loss") << ", float32 " << fp32_first.at("loss");
     const double low = run(mode);
-    // Over the whole run only for bf16: fp16's first steps may be skipped while the scale backs off, so its run
-    // is some steps behind float32's.
+    // The samples are drawn under autocast, so one micro-batch's completions (and loss) differ from float32's;
+    // only a run's mean is comparable. For bf16 only: fp16's first steps may be skipped while the scale backs
+    // off, so its run is some steps behind float32's.
     if (mode == "bf16") {
       EXPECT_LE(std::abs(low - fp32), 0.02 * (1 + std::abs(fp32))) << "mean loss " << low << ", float32 " << fp32;
     }
