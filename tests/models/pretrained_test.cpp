@@ -414,6 +414,89 @@ TEST(HfConfigPolicies, EachFamilyMapsToItsPolicies) {
   EXPECT_GT(checked, 0u);
 }
 
+// The shared-prompt forward (the trainer's loss forward, issue 23: each prompt once, its C completions attending to
+// its keys and values) equals forward_window over the C B rows [prompt; completion]: the completion log-probs AND
+// every trainable parameter's gradient of a weighted sum of them, float32, |a - e| <= 1e-5 (1 + |e|) (the same
+// computation in other float32 summation orders; the gradients of the shared prompt add up over its copies). On
+// every fixture family, on the left-padded prompts of different lengths of its reference.json, with completions
+// masked after an early EOS, C = 2 (and C = 1, 3 for the log-probs); full fine-tuning, LoRA on every linear layer,
+// gradient checkpointing (against the plain forward), and both. Under bf16 autocast the two agree to bf16
+// rounding: |a - e| <= 2e-2 (1 + |e|) (bf16 keeps 8 bits: a log-prob of magnitude ~ln V moves by ~1e-2).
+TEST(SharedPrompt, LogprobsAndGradientsEqualFullForwards) {
+  for (const auto& folder : xpo::test::model_fixture_folders()) {
+    if (is_reward_model(folder)) continue;
+    const auto reference = xpo::test::read_json(folder / "reference.json");
+    const auto& g = reference.at("greedy");
+    const auto prompt = ids_of(g.at("input_ids")), prompt_mask = ids_of(g.at("attention_mask"));
+    const auto b = prompt.size(0), p = prompt.size(1);
+    ASSERT_GT(prompt_mask.sum(-1).max().item<std::int64_t>(), prompt_mask.sum(-1).min().item<std::int64_t>());
+    for (const bool lora : {false, true}) {
+      for (const bool checkpointing : {false, true}) {
+        SCOPED_TRACE(folder.string() + (lora ? " LoRA" : "") + (checkpointing ? " checkpointing" : ""));
+        auto model = xpo::models::load_causal_lm(folder);
+        const auto vocab = model->vocab_size();
+        torch::manual_seed(3);
+        if (lora) {
+          xpo::models::LoRAOptions options;
+          options.r = 2;
+          options.dropout = 0.0;
+          options.target_modules = model->config().linear_layer_names();
+          model->enable_lora(options);
+          torch::NoGradGuard no_grad;
+          for (const auto& param : model->named_parameters())
+            if (param.key().find("lora_B") != std::string::npos) param.value().normal_(0.0, 0.05);
+        }
+        const auto params = model->trainable_parameters();
+        const auto logps_and_grads = [&](const torch::Tensor& completions, const torch::Tensor& mask, const torch::Tensor& weights,
+                                         bool shared, bool with_checkpointing) {
+          model->set_gradient_checkpointing(with_checkpointing);
+          for (const auto& param : params) param.mutable_grad() = torch::Tensor();
+          const auto copies = completions.size(0) / b, t = completions.size(1);
+          torch::Tensor logits;
+          if (shared) {
+            logits = model->forward_shared_prompt(prompt, prompt_mask, completions, mask);
+          } else {
+            const auto full_mask = torch::cat({prompt_mask.repeat({copies, 1}), mask}, 1);
+            logits = model->forward_window(torch::cat({prompt.repeat({copies, 1}), completions}, 1), full_mask,
+                                           xpo::position_ids_from_mask(full_mask), p - 1, t);
+          }
+          const auto logps = xpo::aligned_token_logps(logits, completions, mask);
+          std::vector<torch::Tensor> grads;
+          if (weights.defined()) {
+            (logps * weights).sum().backward();
+            for (const auto& param : params) grads.push_back(param.grad().clone());
+          }
+          return std::pair{logps.detach(), grads};
+        };
+        for (const std::int64_t copies : {2, 1, 3}) {
+          const std::int64_t t = 7;
+          const auto completions = torch::randint(3, vocab, {copies * b, t}, torch::kLong);
+          auto mask = torch::ones({copies * b, t}, torch::kLong);
+          mask[0].narrow(0, 3, t - 3).zero_();  // an early EOS: the tail is masked
+          mask[copies * b - 1].narrow(0, 5, t - 5).zero_();
+          // Mean-scaled random weights: gradients of order 1e-2..1, so the tolerance is not lost to their size.
+          const auto weights = copies == 2 ? torch::rand({copies * b, t}) / static_cast<double>(copies * b * t) : torch::Tensor();
+          const auto [expected, expected_grads] = logps_and_grads(completions, mask, weights, false, false);
+          const auto [got, got_grads] = logps_and_grads(completions, mask, weights, true, checkpointing);
+          EXPECT_TRUE(all_close(got, expected, 1e-5)) << copies << " copies";
+          ASSERT_EQ(got_grads.size(), expected_grads.size());
+          for (std::size_t i = 0; i < got_grads.size(); ++i) EXPECT_TRUE(all_close(got_grads[i], expected_grads[i], 1e-5)) << "parameter " << i;
+          if (copies == 2) {
+            ASSERT_FALSE(got_grads.empty());
+            EXPECT_GT(got.masked_select(mask.eq(0)).numel(), 0);
+            EXPECT_TRUE(got.masked_select(mask.eq(0)).eq(0).all().item<bool>()) << "masked positions are 0";
+            torch::NoGradGuard no_grad;
+            xpo::compat::AutocastGuard bf16(torch::kCPU, torch::kBFloat16, true);
+            const auto [low, unused] = logps_and_grads(completions, mask, torch::Tensor(), true, false);
+            const auto [low_expected, unused_too] = logps_and_grads(completions, mask, torch::Tensor(), false, false);
+            EXPECT_TRUE(all_close(low, low_expected, 2e-2)) << "bf16 autocast";
+          }
+        }
+      }
+    }
+  }
+}
+
 // LoRA names follow the architecture: a fused model refuses q_proj (as PEFT finds no such module) with a message
 // listing its own layers; PEFT's default targets for phi3 are its fused layers.
 TEST(Lora, TargetsAreTheArchitecturesOwnLayerNames) {

@@ -59,6 +59,18 @@ class CausalLMImpl : public torch::nn::Module {
     return head(model->forward(input_ids, attention_mask, position_ids, nullptr).narrow(1, first, count));
   }
 
+  // Each prompt once, its continuations after it (the trainer's loss forward; DecoderModelImpl::forward_shared_prompt):
+  // prompt_ids, prompt_mask [B, P] (left-padded), ids, attention_mask [C B, T] (row c B + i continues prompt i) ->
+  // logits aligned with ids [C B, T, V]: row t predicts ids[:, t] (the prompt's last position predicts token 0).
+  // Equal to forward_window(cat(prompt, ids), ..., P - 1, T) over the C B rows up to float summation order.
+  torch::Tensor forward_shared_prompt(const torch::Tensor& prompt_ids, const torch::Tensor& prompt_mask,
+                                      const torch::Tensor& ids, const torch::Tensor& attention_mask) {
+    const auto [prompts, continuations] = model->forward_shared_prompt(prompt_ids, prompt_mask, ids, attention_mask);
+    const auto copies = ids.size(0) / prompt_ids.size(0);
+    const auto last = prompts.narrow(1, prompts.size(1) - 1, 1);  // [B, 1, H]
+    return head(torch::cat({copies == 1 ? last : last.repeat({copies, 1, 1}), continuations.narrow(1, 0, ids.size(1) - 1)}, 1));
+  }
+
   // Incremental: ids [B, T] new tokens, attention_mask [B, cache.length + T], position_ids [B, T]. Returns
   // logits [B, T, V], or [B, 1, V] for the last position only when `last_only` (what decoding needs).
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,

@@ -13,9 +13,12 @@
 #include <optional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <tuple>
 #include <vector>
 
 #include "xpo/core/compat.hpp"
+#include "xpo/core/tensor_ops.hpp"
 #include "xpo/io/hf_config.hpp"
 #include "xpo/models/checkpoint.hpp"
 #include "xpo/models/layers.hpp"
@@ -75,6 +78,42 @@ class AttentionImpl : public torch::nn::Module {
   // any) gains T positions for this layer -> [B, T, H]
   torch::Tensor forward(const torch::Tensor& x, const RotaryTables* rope, const torch::Tensor& mask, KVCache* cache,
                         std::size_t layer) {
+    const auto t = x.size(1);
+    auto [q, k, v] = project(x, rope);
+    if (cache != nullptr) {
+      const auto past = cache->length;
+      cache->keys[layer].narrow(2, past, t).copy_(k);
+      cache->values[layer].narrow(2, past, t).copy_(v);
+      k = cache->keys[layer].narrow(2, 0, past + t);
+      v = cache->values[layer].narrow(2, 0, past + t);
+    }
+    return attend(q, k, v, mask);
+  }
+
+  // Prompts and their continuations (DecoderModelImpl::forward_shared_prompt): prompt rows xp [B, P, H] with tables
+  // [B, 1, P, R] and mask [B, 1, P, P]; continuation rows xc [C B, T, H] (row c B + i continues prompt i) with
+  // tables [C B, 1, T, R] and mask [C B, 1, T, P + T] over the prompt's keys, then their own -> {[B, P, H],
+  // [C B, T, H]}. The prompt's keys and values are computed once and repeated for the C copies; in backward their
+  // gradients add up, as over C separate prompt rows.
+  std::pair<torch::Tensor, torch::Tensor> forward_shared_prompt(const torch::Tensor& xp, const RotaryTables* rope_p,
+                                                                const torch::Tensor& mask_p, const torch::Tensor& xc,
+                                                                const RotaryTables* rope_c, const torch::Tensor& mask_c) {
+    const auto copies = xc.size(0) / xp.size(0);
+    auto [qp, kp, vp] = project(xp, rope_p);
+    auto [qc, kc, vc] = project(xc, rope_c);
+    auto out_p = attend(qp, kp, vp, mask_p);
+    const auto k = torch::cat({copies == 1 ? kp : kp.repeat({copies, 1, 1, 1}), kc}, 2);  // [C B, Hkv, P + T, D]
+    const auto v = torch::cat({copies == 1 ? vp : vp.repeat({copies, 1, 1, 1}), vc}, 2);
+    return {std::move(out_p), attend(qc, k, v, mask_c)};
+  }
+
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, qkv_proj{nullptr}, o_proj{nullptr};
+  RMSNorm q_norm{nullptr}, k_norm{nullptr};
+
+ private:
+  // x [B, T, H] -> q [B, H, T, D], k and v [B, Hkv, T, D]: projected, q and k normed (if the model norms them) and
+  // rotated (rope nullptr: not rotated).
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> project(const torch::Tensor& x, const RotaryTables* rope) {
     const auto b = x.size(0), t = x.size(1);
     torch::Tensor q, k, v;
     if (fused_) {
@@ -98,13 +137,13 @@ class AttentionImpl : public torch::nn::Module {
       q = apply_rotary(q, *rope);
       k = apply_rotary(k, *rope);
     }
-    if (cache != nullptr) {
-      const auto past = cache->length;
-      cache->keys[layer].narrow(2, past, t).copy_(k);
-      cache->values[layer].narrow(2, past, t).copy_(v);
-      k = cache->keys[layer].narrow(2, 0, past + t);
-      v = cache->values[layer].narrow(2, 0, past + t);
-    }
+    return {q, k, v};
+  }
+
+  // Attention of q [B, H, T, D] over k, v [B, Hkv, Tk, D] with the additive mask [B, 1, T, Tk], then o_proj ->
+  // [B, T, hidden].
+  torch::Tensor attend(torch::Tensor q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask) {
+    const auto b = q.size(0), t = q.size(2);
     // grouped_query_attention divides by sqrt(head_dim); another query scale is folded into q.
     if (query_multiplier_ != 1.0) q = q * query_multiplier_;
     const double p = is_training() ? dropout_ : 0.0;
@@ -112,10 +151,6 @@ class AttentionImpl : public torch::nn::Module {
     return o_proj(out.transpose(1, 2).reshape({b, t, heads_ * head_dim_}));
   }
 
-  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, qkv_proj{nullptr}, o_proj{nullptr};
-  RMSNorm q_norm{nullptr}, k_norm{nullptr};
-
- private:
   std::int64_t heads_, kv_heads_, head_dim_;
   double dropout_;
   bool fused_;
@@ -172,12 +207,16 @@ class DecoderLayerImpl : public torch::nn::Module {
   // x [B, T, H] -> [B, T, H]
   torch::Tensor forward(const torch::Tensor& x, const RotaryTables* rope, const torch::Tensor& mask, KVCache* cache,
                         std::size_t layer) {
-    if (pre_feedforward_layernorm) {
-      const auto h = x + post_attention_layernorm(self_attn->forward(input_layernorm(x), rope, mask, cache, layer));
-      return h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)));
-    }
-    const auto h = x + residual_dropout(self_attn->forward(input_layernorm(x), rope, mask, cache, layer));
-    return h + residual_dropout(mlp(post_attention_layernorm(h)));
+    return after_attention(x, self_attn->forward(input_layernorm(x), rope, mask, cache, layer));
+  }
+
+  // Prompt rows [B, P, H] and their continuation rows [C B, T, H] (AttentionImpl::forward_shared_prompt for the
+  // shapes, tables and masks) -> both outputs.
+  std::pair<torch::Tensor, torch::Tensor> forward_shared_prompt(const torch::Tensor& xp, const RotaryTables* rope_p,
+                                                                const torch::Tensor& mask_p, const torch::Tensor& xc,
+                                                                const RotaryTables* rope_c, const torch::Tensor& mask_c) {
+    auto [ap, ac] = self_attn->forward_shared_prompt(input_layernorm(xp), rope_p, mask_p, input_layernorm(xc), rope_c, mask_c);
+    return {after_attention(xp, ap), after_attention(xc, ac)};
   }
 
   Attention self_attn{nullptr};
@@ -186,6 +225,15 @@ class DecoderLayerImpl : public torch::nn::Module {
   RMSNorm pre_feedforward_layernorm{nullptr}, post_feedforward_layernorm{nullptr};
 
  private:
+  // The layer after its attention: x the layer's input, attn the attention's output -> the layer's output.
+  torch::Tensor after_attention(const torch::Tensor& x, const torch::Tensor& attn) {
+    if (pre_feedforward_layernorm) {
+      const auto h = x + post_attention_layernorm(attn);
+      return h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)));
+    }
+    const auto h = x + residual_dropout(attn);
+    return h + residual_dropout(mlp(post_attention_layernorm(h)));
+  }
   torch::Tensor residual_dropout(const torch::Tensor& x) {
     return resid_dropout_ > 0 && is_training() ? torch::dropout(x, resid_dropout_, true) : x;
   }
@@ -244,6 +292,62 @@ class DecoderModelImpl : public torch::nn::Module {
     return run(input_ids, attention_mask, position_ids, cache, use_long);
   }
 
+  // Each prompt once, then its continuations attending to its keys and values (the trainer's loss forward: one
+  // prompt, two completions): prompt_ids, prompt_mask [B, P] (left-padded), ids, attention_mask [C B, T] (row
+  // c B + i continues prompt i, C >= 1) -> final normed hidden states {prompts [B, P, H], continuations [C B, T, H]}.
+  // The same masks, positions (each continuation's from its prompt's real length) and rotary tables as forward()
+  // over the C B rows [prompt; continuation], so the same values up to float summation order, at the cost of B
+  // prompts instead of C B. Gradients reach the prompt through every continuation. Gradient checkpointing applies
+  // as in forward (one prompt layer and its continuation layer are one recomputed block).
+  std::pair<torch::Tensor, torch::Tensor> forward_shared_prompt(const torch::Tensor& prompt_ids, const torch::Tensor& prompt_mask,
+                                                                const torch::Tensor& ids, const torch::Tensor& attention_mask) {
+    const auto b = prompt_ids.size(0), p = prompt_ids.size(1), t = ids.size(1);
+    TORCH_CHECK(prompt_mask.sizes() == prompt_ids.sizes(), "forward_shared_prompt: prompt mask ", prompt_mask.sizes(),
+                " != prompt ids ", prompt_ids.sizes());
+    TORCH_CHECK(attention_mask.sizes() == ids.sizes(), "forward_shared_prompt: mask ", attention_mask.sizes(), " != ids ", ids.sizes());
+    TORCH_CHECK(b > 0 && ids.size(0) >= b && ids.size(0) % b == 0, "forward_shared_prompt: ", ids.size(0),
+                " continuation rows are not a multiple of the ", b, " prompts");
+    const auto copies = ids.size(0) / b;
+    const auto full_mask = torch::cat({copies == 1 ? prompt_mask : prompt_mask.repeat({copies, 1}), attention_mask.to(prompt_mask.scalar_type())}, 1);
+    const auto positions = position_ids_from_mask(full_mask);  // [C B, P + T]
+    std::optional<bool> use_long;
+    if (global_rope_.is_longrope() && uses_global_) use_long = global_rope_.uses_long_factors(RotaryEmbedding::max_length(positions));
+    auto hp = embed(prompt_ids), hc = embed(ids);
+    const auto dtype = hp.scalar_type();
+    // Tables of the whole rows, as forward computes them (dynamic RoPE depends on the longest position), then split.
+    const auto split = [&](const RotaryTables& all) {
+      return std::pair<RotaryTables, RotaryTables>{{all.cos.narrow(0, 0, b).narrow(2, 0, p), all.sin.narrow(0, 0, b).narrow(2, 0, p)},
+                                                  {all.cos.narrow(2, p, t), all.sin.narrow(2, p, t)}};
+    };
+    std::pair<RotaryTables, RotaryTables> global, local;
+    if (uses_global_) global = split(global_rope_.tables(positions, dtype, use_long));
+    if (uses_local_) local = split(local_rope_.tables(positions, dtype));
+    torch::Tensor full_p, full_c, sliding_p, sliding_c;
+    if (uses_full_) {
+      full_p = additive_causal_mask(prompt_mask, 0, p, dtype);
+      full_c = additive_causal_mask(full_mask, p, t, dtype);
+    }
+    if (uses_sliding_) {
+      sliding_p = additive_causal_mask(prompt_mask, 0, p, dtype, config_.sliding_window);
+      sliding_c = additive_causal_mask(full_mask, p, t, dtype, config_.sliding_window);
+    }
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      const auto rope_kind = config_.layer_rope[i];
+      const auto* tables = rope_kind == io::LayerRope::global ? &global : rope_kind == io::LayerRope::local ? &local : nullptr;
+      const bool sliding = config_.layer_attention[i] == io::LayerAttention::sliding;
+      const auto& mask_p = sliding ? sliding_p : full_p;
+      const auto& mask_c = sliding ? sliding_c : full_c;
+      const RotaryTables* rope_p = tables ? &tables->first : nullptr;
+      const RotaryTables* rope_c = tables ? &tables->second : nullptr;
+      if (gradient_checkpointing_ && torch::GradMode::is_enabled()) {
+        std::tie(hp, hc) = checkpointed_shared_prompt_layer(i, rope_p, mask_p, rope_c, mask_c, hp, hc);
+      } else {
+        std::tie(hp, hc) = blocks_[i]->forward_shared_prompt(hp, rope_p, mask_p, hc, rope_c, mask_c);
+      }
+    }
+    return {norm(hp), norm(hc)};
+  }
+
   // A cache for `batch` rows and `capacity` positions on the model's device, in the model's dtype, or, for a
   // float32 model made while autocast is on (bf16/fp16 mixed precision), in autocast's dtype: the attention's
   // matmuls read keys and values in that dtype anyway, so they are rounded once, as written, with the same values
@@ -297,10 +401,7 @@ class DecoderModelImpl : public torch::nn::Module {
                     const torch::Tensor& position_ids, KVCache* cache, std::optional<bool> use_long) {
     const auto t = input_ids.size(1);
     const auto past = cache != nullptr ? cache->length : 0;
-    auto h = embed_tokens(input_ids);  // [B, T, H]
-    if (config_.embedding_scale != 1.0)  // Gemma: the scale is rounded to the weights' dtype first
-      h = h * torch::scalar_tensor(config_.embedding_scale, h.options().dtype(torch::kFloat)).to(h.scalar_type());
-    if (config_.embd_dropout > 0 && is_training()) h = torch::dropout(h, config_.embd_dropout, true);
+    auto h = embed(input_ids);  // [B, T, H]
     const auto dtype = h.scalar_type();
     RotaryTables global, local;
     if (uses_global_) global = global_rope_.tables(position_ids, dtype, use_long);
@@ -325,6 +426,43 @@ class DecoderModelImpl : public torch::nn::Module {
     }
     if (cache != nullptr) cache->length += t;
     return norm(h);
+  }
+
+  // ids [B, T] -> embeddings [B, T, H], scaled (Gemma: the scale is rounded to the weights' dtype first), with
+  // embedding dropout in training.
+  torch::Tensor embed(const torch::Tensor& input_ids) {
+    auto h = embed_tokens(input_ids);
+    if (config_.embedding_scale != 1.0)
+      h = h * torch::scalar_tensor(config_.embedding_scale, h.options().dtype(torch::kFloat)).to(h.scalar_type());
+    if (config_.embd_dropout > 0 && is_training()) h = torch::dropout(h, config_.embd_dropout, true);
+    return h;
+  }
+
+  // Layer i of forward_shared_prompt through models::checkpoint, which takes and returns one tensor: the prompt
+  // and continuation hidden states travel packed in one flat tensor (a copy of the layer's input, which is all the
+  // checkpoint keeps).
+  std::pair<torch::Tensor, torch::Tensor> checkpointed_shared_prompt_layer(std::size_t i, const RotaryTables* rope_p,
+                                                                           const torch::Tensor& mask_p, const RotaryTables* rope_c,
+                                                                           const torch::Tensor& mask_c, const torch::Tensor& hp,
+                                                                           const torch::Tensor& hc) {
+    auto block = blocks_[i];
+    bool trainable = false;
+    for (const auto& param : block->parameters()) trainable = trainable || param.requires_grad();
+    const bool dropout = is_training();
+    std::optional<RotaryTables> tables_p, tables_c;
+    if (rope_p != nullptr) tables_p = *rope_p;
+    if (rope_c != nullptr) tables_c = *rope_c;
+    const auto np = hp.numel();
+    const auto shape_p = hp.sizes().vec(), shape_c = hc.sizes().vec();
+    const auto out = checkpoint(
+        [block, tables_p, tables_c, mask_p, mask_c, np, shape_p, shape_c](const torch::Tensor& x) mutable {
+          auto [op, oc] = block->forward_shared_prompt(x.narrow(0, 0, np).view(shape_p), tables_p ? &*tables_p : nullptr, mask_p,
+                                                       x.narrow(0, np, x.numel() - np).view(shape_c),
+                                                       tables_c ? &*tables_c : nullptr, mask_c);
+          return torch::cat({op.reshape({-1}), oc.reshape({-1})});
+        },
+        torch::cat({hp.reshape({-1}), hc.reshape({-1})}), trainable, dropout);
+    return {out.narrow(0, 0, np).view(shape_p), out.narrow(0, np, out.numel() - np).view(shape_c)};
   }
 
   // Layer i through models::checkpoint; what it reads besides h is captured by value (backward runs it later).
