@@ -35,7 +35,7 @@ install_xpo head "$root"
 run() {  # run NAME VARIANT ROUND
   local name=$1 variant=$2 round=$3 env=()
   [ "$name" = base ] && [ -n "$base_blas" ] && [ -d "$base_blas" ] && env=(env "LD_LIBRARY_PATH=$base_blas")
-  flock "$lock" "${env[@]}" "$work/$name/bench/xpo_step_compare" --benchmark_filter="BM_XPOStep/variant:$variant\$" \
+  flock "$lock" "${env[@]}" "$work/$name/bench/xpo_step_compare" --benchmark_filter="BM_XPOStep/variant:$variant/" \
     --benchmark_format=json --benchmark_out="$work/results/$name-$variant-$round.json" >/dev/null
 }
 rm -f "$work"/results/*.json
