@@ -129,7 +129,7 @@ def tests_section(out_dir):
         for what, values in sorted(measured.items()):
             worst = max(values)
             lines.append(f"| {what} | {worst[0]:.3g} | {worst[1]} |")
-    stand_in = [l for l in log if re.search(r"^\[  (PASSED|FAILED)  \]", l)]
+    stand_in = [l for l in log if re.search(r"^\[  (PASSED|FAILED)  \] \d+ tests?[.,]", l)]
     if stand_in:
         lines += ["", "With the CPU in the GPU's place (XPO_CUDA_TESTS_ON_CPU=1): " + "; ".join(stand_in)]
     train = [l for l in log if l.startswith("xpo-train:") or l.startswith("==== xpo-train")]
