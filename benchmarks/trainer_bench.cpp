@@ -40,12 +40,12 @@ xpo::text::Tokenizer byte_tokenizer() {
        {"decoder", {{"type", "ByteLevel"}}}});
 }
 
-xpo::PromptDataset bench_prompts() {
+xpo::PromptDataset bench_prompts(std::int64_t length = kPrompt) {
   std::mt19937 rng(7);
   xpo::PromptDataset rows;
   for (std::int64_t i = 0; i < kBatch; ++i) {
     std::string text;
-    for (std::int64_t k = 0; k < kPrompt; ++k) text += static_cast<char>('a' + rng() % 26);
+    for (std::int64_t k = 0; k < length; ++k) text += static_cast<char>('a' + rng() % 26);
     rows.push_back({{"prompt", text}});
   }
   return rows;
@@ -100,6 +100,70 @@ void BM_XPOStep(benchmark::State& state) {
   state.counters["peak_MB"] = static_cast<double>(peak) / 1e6;
   state.counters["needed_MB"] = needed / 1e6;
   state.counters["peak_over_needed"] = static_cast<double>(peak) / needed;
+  std::filesystem::remove_all(config.output_dir);
+}
+
+// ---- each lever of the faster step (issue 23), switched off one at a time ---------------------------------------
+// The same trainer and model as BM_XPOStep (float32 full fine-tuning, B = 8, 64 new tokens, no early EOS: every
+// step does the same work), prompts of range(0) tokens. Each iteration runs one optimizer step per StepOptions
+// setting, in rotating order (interleaved, so drift of the machine hits every setting alike): both levers on (the
+// default), record_reference_logps off, shared_prompt_forward off, both off. Counters: each setting's mean step
+// and forward-backward seconds, and each lever's own saving as the ratio step(lever off) / step(default):
+//   lever1_off_over_on   record_reference_logps (the reference's loss forward over B rows instead of 2B);
+//   lever2_off_over_on   shared_prompt_forward (each prompt once per model in the loss forward);
+//   both_off_over_on     the two together.
+// Iteration time = the default setting's step.
+void BM_XPOStepLevers(benchmark::State& state) {
+  const std::int64_t prompt = state.range(0);
+  torch::manual_seed(0);
+  xpo::models::CausalLM policy(xpo::bench::qwen2_bench_config());
+  xpo::models::init_weights(*policy);
+  xpo::XPOConfig config;
+  config.output_dir = (std::filesystem::temp_directory_path() / "xpo-trainer-levers-bench").string();
+  config.per_device_train_batch_size = kBatch;
+  config.max_new_tokens = kNewTokens;
+  config.max_steps = 1000;
+  config.learning_rate = 1e-6;
+  xpo::scoring::FunctionScorer scorer([](const std::string&, const std::string& completion) { return static_cast<double>(completion.size()); });
+  BenchTrainer trainer(policy, std::nullopt, std::move(scorer), byte_tokenizer(), config, bench_prompts(prompt));
+  trainer.optimizer_step();  // warm-up: allocates AdamW's state
+
+  struct Setting {
+    const char* name;
+    xpo::training::StepOptions options;
+    double step = 0, forward_backward = 0, generation = 0;
+  };
+  std::vector<Setting> settings = {{"default", {}},
+                                   {"lever1_off", {.record_reference_logps = false, .shared_prompt_forward = true}},
+                                   {"lever2_off", {.record_reference_logps = true, .shared_prompt_forward = false}},
+                                   {"both_off", {.record_reference_logps = false, .shared_prompt_forward = false}}};
+  std::size_t rotation = 0;
+  for (auto _ : state) {
+    double default_step = 0;
+    for (std::size_t k = 0; k < settings.size(); ++k) {
+      auto& setting = settings[(rotation + k) % settings.size()];
+      trainer.set_step_options(setting.options);
+      trainer.optimizer_step();
+      const auto& t = trainer.last_step_timing();
+      setting.step += t.total;
+      setting.forward_backward += t.forward_backward;
+      setting.generation += t.generation;
+      if (&setting == &settings.front()) default_step = t.total;
+    }
+    ++rotation;
+    state.SetIterationTime(default_step);
+  }
+  const auto n = static_cast<double>(state.iterations());
+  for (const auto& setting : settings) {
+    state.counters[std::string(setting.name) + "_step_s"] = setting.step / n;
+    state.counters[std::string(setting.name) + "_forward_backward_s"] = setting.forward_backward / n;
+    state.counters[std::string(setting.name) + "_generation_s"] = setting.generation / n;
+  }
+  state.counters["lever1_off_over_on"] = settings[1].step / settings[0].step;
+  state.counters["lever2_off_over_on"] = settings[2].step / settings[0].step;
+  state.counters["both_off_over_on"] = settings[3].step / settings[0].step;
+  state.counters["lever1_fb_off_over_on"] = settings[1].forward_backward / settings[0].forward_backward;
+  state.counters["lever2_fb_off_over_on"] = settings[2].forward_backward / settings[0].forward_backward;
   std::filesystem::remove_all(config.output_dir);
 }
 
@@ -196,6 +260,8 @@ void BM_DataParallelStep(benchmark::State& state) {
 
 BENCHMARK(BM_XPOStep)->Arg(kNewTokens)->UseManualTime()->Iterations(3)->Unit(benchmark::kSecond);
 BENCHMARK(BM_XPOStep)->Name("smoke/XPOStep")->Arg(2)->UseManualTime()->Iterations(1);
+// Prompts of BM_XPOStep's 32 tokens and of 256 (real prompts are 100-500 tokens: the shared prompt saves more).
+BENCHMARK(BM_XPOStepLevers)->ArgName("prompt")->Arg(kPrompt)->Arg(256)->UseManualTime()->Iterations(2)->Unit(benchmark::kSecond);
 
 BENCHMARK(BM_DataParallelStep)->UseManualTime()->Iterations(1)->Unit(benchmark::kSecond);
 

@@ -4,6 +4,7 @@
 //     prompts ─► policy samples y_m, reference samples y_r          generation/, no grad, a stream per prompt
 //             ─► truncate after EOS ─► Scorer: rewards or judgement  scoring/
 //             ─► [prompt; y_m] and [prompt; y_r] as ONE 2B batch: policy forward (grad), reference forward
+//                (each prompt once per model; the reference's log-probs of y_r recorded while sampling: StepOptions)
 //             ─► Loss(alpha, beta from the Schedule at floor(epoch)) ─► backward(loss / GA)
 //     clip grad norm, AdamW, the learning-rate schedule (linear warmup/decay by default); metrics averaged
 //     since the last log; checkpoints
@@ -292,7 +293,10 @@ class Trainer {
     {
       compat::AutocastGuard low_precision = autocast();
       ReferenceScope scope(*this);
-      ref_gen = generation::generate(reference(), batch.ids, batch.mask, sampling, sample_streams(kReferenceStream, rows.size()));
+      // The reference's log-probs of its own sample, recorded as it draws it: its loss forward then skips that half.
+      auto ref_sampling = sampling;
+      ref_sampling.output_token_logprobs = step_options_.record_reference_logps && decode_logps_equal_forward(batch);
+      ref_gen = generation::generate(reference(), batch.ids, batch.mask, ref_sampling, sample_streams(kReferenceStream, rows.size()));
     }
     const auto t1 = Clock::now();
     // 3. truncate after the first EOS (generate already pads after it; this pins the mask rule)
@@ -319,8 +323,8 @@ class Trainer {
       }
     }
     const auto t2 = Clock::now();
-    // 5.–7. log-probs over ONE 2B batch per model, loss, backward
-    const auto token_logps = completion_logps(batch, model_c, ref_c);
+    // 5.–7. log-probs (the policy over ONE 2B batch, the reference over B or 2B rows), loss, backward
+    const auto token_logps = completion_logps(batch, model_c, ref_c, ref_gen.token_logprobs);
     const auto result = training::loss_and_metrics(loss_, token_logps, preference, model_eos, ref_eos, weights);
     const auto micro_loss = result.loss.loss / static_cast<double>(config_.gradient_accumulation_steps);
     (scaler_ ? scaler_->scale(micro_loss) : micro_loss).backward();  // fp16: scaled, unscaled in optimizer_step
@@ -852,52 +856,97 @@ class Trainer {
     return out;
   }
 
-  // Per-token log-probs of both samples under both models: [prompt; y_m] and [prompt; y_r] stacked into one
-  // batch of 2B rows (completions right-padded to a common width) per model.
-  training::TokenLogps completion_logps(const Batch& batch, const TruncatedCompletions& m, const TruncatedCompletions& r) {
-    const auto b = batch.ids.size(0), p = batch.ids.size(1);
+  // Per-token log-probs of both samples under both models ([B, T_m] for y_m, [B, T_r] for y_r; 0 on masked
+  // positions; the policy's carry grad). The policy runs over ONE batch of 2B rows, [prompt; y_m] and [prompt; y_r]
+  // (completions right-padded to a common width). The reference runs over the same 2B rows, or only over the B rows
+  // [prompt; y_m] when `ref_own_logps` [B, T_r] (its log-probs of y_r, recorded while it drew y_r:
+  // StepOptions::record_reference_logps) is given. See logps_of for the shared prompt.
+  training::TokenLogps completion_logps(const Batch& batch, const TruncatedCompletions& m, const TruncatedCompletions& r,
+                                        const torch::Tensor& ref_own_logps) {
+    const auto b = batch.ids.size(0);
     const auto tm = m.ids.size(1), tr = r.ids.size(1);
     const auto t = std::max(tm, tr);
     const auto completions = torch::cat({pad_right_to(m.ids, t, static_cast<double>(pad_id_)), pad_right_to(r.ids, t, static_cast<double>(pad_id_))});
     const auto completion_mask = torch::cat({pad_right_to(m.mask, t, 0), pad_right_to(r.mask, t, 0)});  // [2B, T]
-    const auto ids = torch::cat({torch::cat({batch.ids, batch.ids}), completions}, 1);                     // [2B, P+T]
-    const auto mask = torch::cat({torch::cat({batch.mask, batch.mask}), completion_mask}, 1);
-    const auto pos = position_ids_from_mask(mask);
-    // Row t of the window predicts completion token t: logits of positions P-1 .. P+T-2 only, when the model can.
-    // Under bf16/fp16 only the forward runs under autocast; the selective log-softmax reads the low-precision
-    // logits and accumulates in float32 (core/tensor_ops.hpp), so log-probs and the loss are float32.
-    const auto logps_of = [&](Model& net) {
-      if constexpr (requires { unwrap(net).forward_window(ids, mask, pos, p - 1, t); }) {
-        torch::Tensor logits;
-        {
-          compat::AutocastGuard low_precision = autocast();
-          logits = unwrap(net).forward_window(ids, mask, pos, p - 1, t);
-        }
-        return aligned_token_logps(logits, completions, completion_mask);
-      } else {
-        torch::Tensor logits;
-        {
-          compat::AutocastGuard low_precision = autocast();
-          logits = unwrap(net).forward(ids, mask, pos);
-        }
-        return completion_token_logps(logits, completions, completion_mask, p);
-      }
-    };
     // The reference first: its logits are gone before the policy's graph (and its logits) is built.
-    torch::Tensor ref;
+    torch::Tensor ref_m, ref_r;
     {
       torch::NoGradGuard no_grad;
       ReferenceScope scope(*this);
       const bool was_training = unwrap(reference()).is_training();
       unwrap(reference()).train(false);
-      ref = logps_of(reference());  // [2B, T]
+      if (ref_own_logps.defined()) {
+        TORCH_CHECK(ref_own_logps.sizes() == r.ids.sizes(), "recorded reference log-probs ", ref_own_logps.sizes(),
+                    " do not match its completions ", r.ids.sizes());
+        ref_m = logps_of(reference(), batch, m.ids, m.mask);  // [B, T_m]
+        ref_r = ref_own_logps.to(device_, torch::kFloat).masked_fill(r.mask.eq(0), 0.0);
+      } else {
+        const auto ref = logps_of(reference(), batch, completions, completion_mask);  // [2B, T]
+        ref_m = ref.narrow(0, 0, b).narrow(1, 0, tm);
+        ref_r = ref.narrow(0, b, b).narrow(1, 0, tr);
+      }
       unwrap(reference()).train(was_training);
     }
     unwrap(policy_).train(!config_.disable_dropout);
-    const auto policy = logps_of(policy_);  // [2B, T], carries grad
+    const auto policy = logps_of(policy_, batch, completions, completion_mask);  // [2B, T], carries grad
     unwrap(policy_).train(false);
-    return {policy.narrow(0, 0, b).narrow(1, 0, tm), policy.narrow(0, b, b).narrow(1, 0, tr),
-            ref.narrow(0, 0, b).narrow(1, 0, tm), ref.narrow(0, b, b).narrow(1, 0, tr)};
+    return {policy.narrow(0, 0, b).narrow(1, 0, tm), policy.narrow(0, b, b).narrow(1, 0, tr), ref_m, ref_r};
+  }
+
+  // Whether the reference's log-probs recorded while it samples equal those of its loss forward. Not for a LongRoPE
+  // model whose sequences may reach past original_max_position_embeddings: its decode switches from the short to
+  // the long factor set mid-sequence, while one forward over the whole sequence uses the long set at every position
+  // (as transformers does), so the early tokens' log-probs differ. Then the reference recomputes them.
+  bool decode_logps_equal_forward(const Batch& batch) {
+    if constexpr (requires { unwrap(reference()).config().rope_scaling; }) {
+      const auto& scaling = unwrap(reference()).config().rope_scaling;
+      if (scaling && scaling->type == "longrope") {
+        const auto longest = batch.mask.sum(-1).max().template item<std::int64_t>() + config_.max_new_tokens;
+        return longest <= scaling->original_max_position_embeddings;
+      }
+    }
+    return true;
+  }
+
+  // Per-token log-probs under `net` of completions [C B, T] (row c B + i continues prompt i of `batch`) -> [C B, T],
+  // 0 where completion_mask is 0. With C >= 2, StepOptions::shared_prompt_forward and a Model that has
+  // forward_shared_prompt, each prompt runs once and its C completions attend to its keys and values (same values
+  // up to float summation order; dropout would draw one mask for the shared prompt instead of one per copy, so a
+  // net in training mode runs the C B rows [prompt; completion]). Otherwise those rows, with logits only for the
+  // completion's positions (forward_window) when the model can.
+  // Under bf16/fp16 only the forward runs under autocast; the selective log-softmax reads the low-precision logits
+  // and accumulates in float32 (core/tensor_ops.hpp), so log-probs and the loss are float32.
+  torch::Tensor logps_of(Model& net, const Batch& batch, const torch::Tensor& completions, const torch::Tensor& completion_mask) {
+    const auto b = batch.ids.size(0), p = batch.ids.size(1), t = completions.size(1);
+    const auto copies = completions.size(0) / b;
+    if constexpr (requires { unwrap(net).forward_shared_prompt(batch.ids, batch.mask, completions, completion_mask); }) {
+      if (step_options_.shared_prompt_forward && copies > 1 && !unwrap(net).is_training()) {
+        torch::Tensor logits;
+        {
+          compat::AutocastGuard low_precision = autocast();
+          logits = unwrap(net).forward_shared_prompt(batch.ids, batch.mask, completions, completion_mask);
+        }
+        return aligned_token_logps(logits, completions, completion_mask);
+      }
+    }
+    const auto ids = torch::cat({copies == 1 ? batch.ids : batch.ids.repeat({copies, 1}), completions}, 1);  // [C B, P+T]
+    const auto mask = torch::cat({copies == 1 ? batch.mask : batch.mask.repeat({copies, 1}), completion_mask}, 1);
+    const auto pos = position_ids_from_mask(mask);
+    // Row t of the window predicts completion token t: logits of positions P-1 .. P+T-2 only, when the model can.
+    torch::Tensor logits;
+    if constexpr (requires { unwrap(net).forward_window(ids, mask, pos, p - 1, t); }) {
+      {
+        compat::AutocastGuard low_precision = autocast();
+        logits = unwrap(net).forward_window(ids, mask, pos, p - 1, t);
+      }
+      return aligned_token_logps(logits, completions, completion_mask);
+    } else {
+      {
+        compat::AutocastGuard low_precision = autocast();
+        logits = unwrap(net).forward(ids, mask, pos);
+      }
+      return completion_token_logps(logits, completions, completion_mask, p);
+    }
   }
 
   // ---- weights on disk ------------------------------------------------------------------------------------------
