@@ -367,8 +367,8 @@ int run(Trainer& trainer, const ScriptArgs& args, bool judge) {
     return 130;
   }
   if (!main_rank) return 0;
-  std::fprintf(stderr, "xpo-train: model saved to %s (open it with: xpo-chat --model_name_or_path %s)\n",
-               config.output_dir.c_str(), config.output_dir.c_str());
+  std::fprintf(stderr, "xpo-train: model saved to %s in %s (open it with: xpo-chat --model_name_or_path %s)\n",
+               config.output_dir.c_str(), trainer.policy()->config().torch_dtype.c_str(), config.output_dir.c_str());
   if (eval.empty()) return 0;
   const auto after_samples = sample_eval(trainer, eval, args.num_eval_samples);
   const double after = mean_score(after_samples);
@@ -523,8 +523,9 @@ int main_impl(int argc, char** argv) {
   flags.add("lora_target_modules", args.lora_target_modules, "LoRA targets among q_proj k_proj v_proj o_proj gate_proj up_proj down_proj qkv_proj gate_up_proj (default: PEFT's for the model type, phi3: qkv_proj,o_proj,gate_up_proj,down_proj)");
   flags.add("resume_from_checkpoint", args.resume_from_checkpoint, "\"latest\" or a checkpoint folder of this output_dir");
   flags.add("report_to", args.report_to, "where metrics go: jsonl (metrics.jsonl), tensorboard (runs/), all, none");
-  flags.add("torch_dtype", args.torch_dtype, "TRL's model_init_kwargs torch_dtype: the dtype the policy is loaded, "
-                                             "trained and saved in (same as --dtype; default float32)");
+  flags.add("torch_dtype", args.torch_dtype, "TRL's model_init_kwargs torch_dtype: the dtype the policy is loaded "
+                                             "and trained in, and the final model saved in (same as --dtype; not "
+                                             "given: loaded in float32, saved in the input's stored dtype)");
   flags.add("nproc", args.nproc, "train data-parallel in N local processes (CPU: Gloo); under a launcher (WORLD_SIZE set) it must match WORLD_SIZE");
   flags.add("dist_timeout", args.dist_timeout, "seconds a rank waits for the others (joining, each collective) before failing");
   flags.add("max_dataset_line_bytes", args.max_dataset_line_bytes, "refuse a JSONL line longer than this");
@@ -609,10 +610,13 @@ int main_impl(int argc, char** argv) {
   const fs::path model_path(args.model_name_or_path);
   auto tokenizer = xpo::text::Tokenizer::from_pretrained(model_path, args.tokenizer_limits());
   auto policy = xpo::models::load_causal_lm(model_path, xpo::torch_device(config), xpo::torch_dtype(config));
+  // The final model keeps the dtype the input is stored in, unless --torch_dtype (or --dtype) asks for one.
+  if (flags.given("torch_dtype") || flags.given("dtype")) policy->set_config_torch_dtype(config.dtype);
   if (args.use_peft) {
     // Not given: PEFT's default targets for this model type (phi3 adapts its fused layers).
     const auto targets = flags.given("lora_target_modules") ? args.lora_target_modules
                                                             : xpo::models::default_lora_targets(policy->config().model_type);
+    torch::manual_seed(static_cast<std::uint64_t>(config.seed));  // the adapters' random init follows --seed (set_seed)
     policy->enable_lora({.r = args.lora_r, .alpha = args.lora_alpha, .dropout = args.lora_dropout, .target_modules = targets});
   }
   // Under --bf16/--fp16 the reward model (no optimizer state) is held once, in the low precision.

@@ -456,7 +456,7 @@ TEST_F(CliTest, ConflictingFlagsAreRefused) {
 
 // --bf16 is mixed precision (float32 master weights, bfloat16 compute) and trains at TRL's learning rate without a
 // warning; --torch_dtype bfloat16 alone trains pure bfloat16 weights, and the run says once, at the start, that
-// AdamW's updates at that rate round away. The saved model keeps the dtype it was trained in.
+// AdamW's updates at that rate round away. The float32 input is saved as float32, and as bfloat16 when asked.
 TEST_F(CliTest, Bf16IsMixedPrecisionAndPureBfloat16WarnsAboutTheLearningRate) {
   const auto prompts = write_prompts("p.jsonl", 4, false);
   auto mixed = tiny_run(prompts, dir_ / "mixed");
@@ -476,6 +476,118 @@ TEST_F(CliTest, Bf16IsMixedPrecisionAndPureBfloat16WarnsAboutTheLearningRate) {
   EXPECT_NE(warning, std::string::npos) << b.err;
   EXPECT_EQ(b.err.find("below the bfloat16 resolution", warning + 1), std::string::npos) << "warned once";
   EXPECT_EQ(xpo::io::SafetensorsFile::open(dir_ / "pure" / "model.safetensors").entries().front().dtype.type, torch::kBFloat16);
+}
+
+// The dtypes a saved folder stores its weights in, and what its config.json says.
+std::set<torch::ScalarType> stored_dtypes(const fs::path& folder) {
+  std::set<torch::ScalarType> out;
+  const auto file = xpo::io::SafetensorsFile::open(folder / "model.safetensors");
+  for (const auto& e : file.entries()) out.insert(e.dtype.type);
+  return out;
+}
+std::string config_dtype(const fs::path& folder) {
+  return xpo::test::read_json(folder / "config.json").at("torch_dtype").get<std::string>();
+}
+
+// A copy of the tiny policy stored in bfloat16 (weights and config.json), as most hub checkpoints are.
+fs::path bf16_policy(const fs::path& to) {
+  copy_fixture("models/tiny-qwen2", to);
+  auto model = xpo::models::load_causal_lm(to);
+  xpo::models::save_pretrained(model, to, torch::kBFloat16);
+  return to;
+}
+
+// Saved models keep the input's dtype unless --torch_dtype asks for another: a bfloat16-stored policy trained with
+// --bf16 (float32 master weights) is saved as bfloat16, LoRA merged too; a float32 one stays float32; a given
+// --torch_dtype decides (float32 out of a bfloat16 input; bfloat16 out of a float32 one). config.json's torch_dtype
+// always names what is stored. Checkpoints are resume points: they hold the float32 master weights, and the final
+// bfloat16 model is exactly those weights rounded.
+TEST_F(CliTest, SavedModelsKeepTheInputsDtypeUnlessTorchDtypeAsks) {
+  const auto bf16_input = bf16_policy(dir_ / "bf16-policy");
+  ASSERT_EQ(stored_dtypes(bf16_input), std::set<torch::ScalarType>{torch::kBFloat16});
+  ASSERT_EQ(config_dtype(bf16_input), "bfloat16");
+  const auto prompts = write_prompts("p.jsonl", 4, false);
+  struct Case {
+    std::string name, input;
+    std::vector<std::string> flags;
+    torch::ScalarType saved;
+  };
+  const std::vector<Case> cases = {
+      {"bf16-in-bf16", bf16_input.string(), {"--bf16"}, torch::kBFloat16},
+      {"bf16-in-lora", bf16_input.string(), {"--bf16", "--use_peft", "--lora_r", "2"}, torch::kBFloat16},
+      {"bf16-in-fp32-trained", bf16_input.string(), {}, torch::kBFloat16},
+      {"fp32-in-bf16", tiny_policy(), {"--bf16"}, torch::kFloat},
+      {"bf16-in-asks-fp32", bf16_input.string(), {"--bf16", "--torch_dtype", "float32"}, torch::kFloat},
+      {"fp32-in-asks-bf16", tiny_policy(), {"--torch_dtype", "bfloat16"}, torch::kBFloat16},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto out = dir_ / c.name;
+    auto args = tiny_run(prompts, out);
+    set_flag(args, "--model_name_or_path", c.input);
+    args.insert(args.end(), {"--reward_rule", "positivity"});
+    args.insert(args.end(), c.flags.begin(), c.flags.end());
+    const auto r = train(args);
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(stored_dtypes(out), std::set<torch::ScalarType>{c.saved});
+    EXPECT_EQ(config_dtype(out), xpo::models::hf_dtype_name(c.saved));
+    EXPECT_CONTAINS(r.err, "model saved to " + out.string() + " in " + xpo::models::hf_dtype_name(c.saved));
+    const auto loaded = xpo::models::load_causal_lm(out);
+    EXPECT_EQ(loaded->config().torch_dtype, xpo::models::hf_dtype_name(c.saved));
+    if (c.name == "bf16-in-bf16") {  // the checkpoint: float32 master weights; the final model: them, rounded
+      const auto checkpoint = out / "checkpoint-2";
+      EXPECT_EQ(stored_dtypes(checkpoint), std::set<torch::ScalarType>{torch::kFloat});
+      EXPECT_EQ(config_dtype(checkpoint), "float32");
+      const auto master = xpo::io::SafetensorsFile::open(checkpoint / "model.safetensors");
+      const auto saved = xpo::io::SafetensorsFile::open(out / "model.safetensors");
+      for (const auto& e : master.entries())
+        EXPECT_TRUE(torch::equal(master.load(e.name).to(torch::kBFloat16), saved.load(e.name))) << e.name;
+    }
+  }
+}
+
+// A checkpoint.json that says float32 over bfloat16 weights: the weights are what is stored, so they decide.
+TEST_F(CliTest, TheStoredDtypeIsTheWeightsEvenWhenConfigJsonDisagrees) {
+  const auto folder = bf16_policy(dir_ / "policy");
+  auto config = xpo::test::read_json(folder / "config.json");
+  config["torch_dtype"] = "float32";
+  write_json_to(folder / "config.json", config, 2);
+  EXPECT_EQ(xpo::models::load_causal_lm(folder)->config().torch_dtype, "bfloat16");
+  EXPECT_EQ(xpo::models::load_causal_lm(tiny_policy())->config().torch_dtype, "float32");
+}
+
+// Resume under mixed precision, as a user runs it: a bfloat16-stored policy with --bf16, 2 steps + resume + 2 steps
+// equals 4 steps straight bit for bit (the checkpoints hold the float32 master weights and AdamW state), in the
+// checkpoint at step 4 and in the final bfloat16 model.
+TEST_F(CliTest, ResumeUnderBf16FromABfloat16InputIsBitIdentical) {
+  const auto input = bf16_policy(dir_ / "bf16-policy");
+  const auto prompts = write_prompts("p.jsonl", 6, false);
+  const auto run = [&](const fs::path& out, const std::string& steps, bool resume) {
+    auto args = tiny_run(prompts, out);
+    set_flag(args, "--model_name_or_path", input.string());
+    set_flag(args, "--max_steps", steps);
+    // A constant learning rate: a linear decay would differ between a 2-step and a 4-step run.
+    args.insert(args.end(), {"--reward_rule", "positivity", "--bf16", "--lr_scheduler_type", "constant"});
+    if (resume) args.insert(args.end(), {"--resume_from_checkpoint", "latest"});
+    return train(args);
+  };
+  const auto straight = run(dir_ / "straight", "4", false);
+  ASSERT_EQ(straight.status, 0) << straight.err;
+  const auto first = run(dir_ / "resumed", "2", false);
+  ASSERT_EQ(first.status, 0) << first.err;
+  const auto second = run(dir_ / "resumed", "4", true);
+  ASSERT_EQ(second.status, 0) << second.err;
+  EXPECT_CONTAINS(second.err, "resumed at step 2");
+  for (const auto* sub : {"checkpoint-4", ""}) {
+    const auto a = xpo::io::SafetensorsFile::open(dir_ / "straight" / sub / "model.safetensors");
+    const auto b = xpo::io::SafetensorsFile::open(dir_ / "resumed" / sub / "model.safetensors");
+    ASSERT_EQ(a.entries().size(), b.entries().size());
+    for (const auto& e : a.entries()) EXPECT_TRUE(torch::equal(a.load(e.name), b.load(e.name))) << sub << " " << e.name;
+  }
+  const auto moved = xpo::io::SafetensorsFile::open(dir_ / "straight" / "checkpoint-4" / "model.safetensors");
+  const auto base = xpo::io::SafetensorsFile::open(input / "model.safetensors");
+  const auto name = moved.entries().front().name;
+  EXPECT_FALSE(torch::equal(moved.load(name).to(torch::kBFloat16), base.load(name))) << "the run must have trained";
 }
 
 TEST_F(CliTest, ResumeContinuesTheRunAndItsLog) {
@@ -763,6 +875,51 @@ TEST_F(CliTest, TwoRanksMatchOneRankWithTheGlobalBatchAndResume) {
   ASSERT_EQ(again.status, 0) << again.err;
   EXPECT_CONTAINS(again.err, "resumed at step 3");
   EXPECT_EQ(metrics(dir_ / "two").size(), 4u);
+}
+
+// --gradient_checkpointing under data parallel: the reducer's gradient hooks fire inside each layer's recompute
+// (a backward within backward), and every parameter must still be averaged once. 2 ranks (Gloo, loopback) with
+// checkpointing end with the same weights and metrics as 2 ranks without, for full training, LoRA and --bf16:
+// the recompute runs the same kernels on the same inputs, so |a - e| <= 1e-6 (1 + |e|) for every weight and the
+// logged loss and grad_norm (on this CPU they agree bit for bit). Two ranks without it match one rank with the
+// global batch (TwoRanksMatchOneRankWithTheGlobalBatchAndResume).
+TEST_F(CliTest, GradientCheckpointingUnderDataParallelGivesTheSameWeights) {
+  const auto prompts = write_prompts("p.jsonl", 8, false);
+  const std::vector<std::vector<std::string>> variants = {{}, {"--use_peft", "--lora_r", "2"}, {"--bf16"}};
+  for (const auto& variant : variants) {
+    SCOPED_TRACE(variant.empty() ? "full" : variant.front());
+    const auto run = [&](const fs::path& out, bool checkpointing) {
+      fs::remove_all(out);
+      auto a = tiny_run(prompts, out);
+      a.insert(a.end(), {"--reward_rule", "positivity", "--alpha", "0.1", "--nproc", "2", "--dist_timeout", "60"});
+      a.insert(a.end(), variant.begin(), variant.end());
+      if (checkpointing) a.push_back("--gradient_checkpointing");
+      return train(a);
+    };
+    const auto plain = run(dir_ / "plain", false);
+    ASSERT_EQ(plain.status, 0) << plain.err;
+    const auto ckpt = run(dir_ / "ckpt", true);
+    ASSERT_EQ(ckpt.status, 0) << ckpt.err;
+    EXPECT_CONTAINS(ckpt.err, "started 2 ranks");
+    EXPECT_EQ(xpo::test::read_json(dir_ / "ckpt" / "checkpoint-2" / "trainer_state.json").at("config").at("gradient_checkpointing"), true);
+    const auto e = xpo::io::SafetensorsFile::open(dir_ / "plain" / "model.safetensors");
+    const auto a = xpo::io::SafetensorsFile::open(dir_ / "ckpt" / "model.safetensors");
+    ASSERT_EQ(a.entries().size(), e.entries().size());
+    for (const auto& entry : e.entries())
+      EXPECT_TRUE(xpo::test::all_close(a.load(entry.name), e.load(entry.name), 1e-6)) << entry.name;
+    const auto base = xpo::io::SafetensorsFile::open(fs::path(tiny_policy()) / "model.safetensors");
+    double moved = 0;
+    for (const auto& entry : e.entries())
+      moved = std::max(moved, (e.load(entry.name) - base.load(entry.name)).abs().max().item<double>());
+    EXPECT_GT(moved, 1e-4) << "the runs must have trained for the comparison to mean anything";
+    const auto m1 = metrics(dir_ / "plain"), m2 = metrics(dir_ / "ckpt");
+    ASSERT_EQ(m1.size(), 2u);
+    ASSERT_EQ(m2.size(), 2u);
+    for (std::size_t i = 0; i < 2; ++i)
+      for (const char* key : {"loss", "grad_norm"})
+        EXPECT_NEAR(m2[i][key].get<double>(), m1[i][key].get<double>(), 1e-6 * (1 + std::abs(m1[i][key].get<double>())))
+            << key << " at step " << i + 1;
+  }
 }
 
 // A rank that dies ends the job: under --nproc the launcher names the lost rank and stops the others; under a

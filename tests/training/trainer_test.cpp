@@ -911,6 +911,41 @@ TEST_F(TrainerTest, GradientCheckpointingGivesTheSameGradients) { check_checkpoi
 TEST_F(TrainerTest, GradientCheckpointingGivesTheSameGradientsWithLoRA) { check_checkpointed_gradients(dir_, true, false); }
 TEST_F(TrainerTest, GradientCheckpointingUnderBf16) { check_checkpointed_gradients(dir_, false, true); }
 
+// The same-gradient tests above would pass if checkpointing did nothing: here the switch is shown to take effect.
+// With it, a training forward's graph holds one recompute node per decoder layer (and no layer's own backward
+// nodes between them); without it, none. The Trainer's gradient_checkpointing turns the policy's switch on.
+std::int64_t recompute_nodes(const torch::Tensor& out) {
+  std::int64_t found = 0;
+  std::set<const torch::autograd::Node*> seen;
+  std::vector<torch::autograd::Node*> stack{out.grad_fn().get()};
+  while (!stack.empty()) {
+    auto* node = stack.back();
+    stack.pop_back();
+    if (node == nullptr || !seen.insert(node).second) continue;
+    if (node->name().find("RecomputeBackward") != std::string::npos) ++found;
+    for (const auto& edge : node->next_edges()) stack.push_back(edge.function.get());
+  }
+  return found;
+}
+TEST_F(TrainerTest, GradientCheckpointingRecomputesEveryDecoderLayer) {
+  for (const bool lora : {false, true}) {
+    auto t = tiny_trainer(dir_ / (lora ? "lora" : "full"), [](xpo::XPOConfig& c) { c.gradient_checkpointing = true; }, lora);
+    auto& policy = t->policy();
+    ASSERT_TRUE(policy->model->gradient_checkpointing()) << "the config switches the policy's checkpointing on";
+    const auto ids = torch::tensor({{1, 2, 3, 4}, {5, 6, 7, 8}}, torch::kLong);
+    const auto mask = torch::ones_like(ids);
+    const auto pos = torch::arange(4, torch::kLong).unsqueeze(0).expand({2, 4}).contiguous();
+    const auto layers = policy->config().num_hidden_layers;
+    EXPECT_EQ(recompute_nodes(policy->forward(ids, mask, pos)), layers) << (lora ? "LoRA" : "full");
+    {
+      torch::NoGradGuard no_grad;
+      EXPECT_FALSE(policy->forward(ids, mask, pos).requires_grad()) << "no grad: nothing to recompute";
+    }
+    policy->set_gradient_checkpointing(false);
+    EXPECT_EQ(recompute_nodes(policy->forward(ids, mask, pos)), 0);
+  }
+}
+
 // Resume under --bf16: the float32 master weights and AdamW state are what the checkpoint holds, so N steps +
 // resume + N steps equals 2N steps bit for bit, as in float32.
 TEST_F(TrainerTest, ResumeUnderBf16IsBitIdentical) {
@@ -972,6 +1007,31 @@ TEST(GradScaler, ComposesWithTheNonFiniteGuardWithoutDoubleCounting) {
   EXPECT_EQ(step_verdict(false, false, false, true), StepVerdict::skip_non_finite);
   EXPECT_EQ(step_verdict(true, false, false, false), StepVerdict::skip_non_finite);
   EXPECT_EQ(step_verdict(true, true, false, false), StepVerdict::apply);
+}
+
+// fp16 needs CUDA (LibTorch's CPU autocast runs bfloat16 only, and 1.13's CPU kernels lack float16 matmuls): the
+// config refuses fp16 with a non-cuda device, and the Trainer refuses it when the policy itself is off the GPU
+// (config.device may say cuda while the model was put elsewhere), naming the flag and the device.
+TEST_F(TrainerTest, Fp16IsRefusedOffTheGpu) {
+  try {
+    (void)tiny_trainer(dir_, [](xpo::XPOConfig& c) {
+      c.fp16 = true;
+      c.device = "cuda";
+    });
+    ADD_FAILURE() << "fp16 with a CPU policy must be refused";
+  } catch (const xpo::ConfigError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("fp16 mixed precision requires a GPU"), std::string::npos) << what;
+    EXPECT_NE(what.find("cpu"), std::string::npos) << what;
+  }
+  try {
+    (void)tiny_trainer(dir_, [](xpo::XPOConfig& c) { c.fp16 = true; });
+    ADD_FAILURE() << "fp16 with device cpu must be refused";
+  } catch (const xpo::ConfigError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("fp16 = true"), std::string::npos) << what;
+    EXPECT_NE(what.find("requires a GPU"), std::string::npos) << what;
+  }
 }
 
 // The config's mixed-precision rules: one 16-bit compute type, fp16 only on CUDA, no compute type opposite to the

@@ -97,8 +97,8 @@ void visit_fields(Config& c, F&& f) {
     "start a new run in an output_dir holding another run's checkpoints (they are kept and never rotated)");
   f("seed", c.seed, "random seed for sampling, shuffling and initialisation");
   f("device", c.device, "torch device: cpu, cuda, cuda:N");
-  f("dtype", c.dtype, "the dtype the policy is loaded, trained and saved in (TRL's torch_dtype): float32, bfloat16, "
-    "float16, float64");
+  f("dtype", c.dtype, "the dtype the policy is loaded and trained in (TRL's torch_dtype): float32, bfloat16, "
+    "float16, float64; xpo-train saves the final model in it when given, else in the input's stored dtype");
   f("bf16", c.bf16, "mixed precision: forward and backward in bfloat16 (autocast), float32 master weights and AdamW "
     "state when dtype is float32");
   f("fp16", c.fp16, "mixed precision in float16 with a dynamic loss scaler (CUDA only)");
@@ -267,7 +267,8 @@ inline std::vector<std::string> XPOConfig::problems() const {
     bad("dtype", "\"" + dtype + "\"", "one of float32, bfloat16, float16, float64");
   if (bf16 && fp16) bad("fp16", "true", "false when bf16 is true (one mixed-precision dtype)");
   if (fp16 && device.rfind("cuda", 0) != 0)
-    bad("fp16", "true", "used with a cuda device (LibTorch's CPU autocast runs bfloat16 only; use bf16)");
+    bad("fp16", "true", "used with a cuda device, not \"" + device + "\": fp16 mixed precision requires a GPU "
+        "(LibTorch's CPU autocast runs bfloat16 only; use bf16)");
   if (bf16 && dtype == "float16") bad("bf16", "true", "false with dtype float16 (use fp16)");
   if (fp16 && dtype == "bfloat16") bad("fp16", "true", "false with dtype bfloat16 (use bf16)");
   if (per_device_train_batch_size < 1)

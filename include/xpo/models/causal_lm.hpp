@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "xpo/core/concepts.hpp"
@@ -133,6 +134,13 @@ class CausalLMImpl : public torch::nn::Module {
 
   [[nodiscard]] std::int64_t vocab_size() const { return config_.vocab_size; }
   [[nodiscard]] const io::ModelConfig& config() const { return config_; }
+  // Sets config().torch_dtype, the dtype the final model is saved in (Trainer::save_model; load_causal_lm sets it
+  // to the dtype the checkpoint is stored in). `name`: float32, bfloat16, float16 or float64, else xpo::ConfigError.
+  void set_config_torch_dtype(const std::string& name) {
+    if (name != "float32" && name != "bfloat16" && name != "float16" && name != "float64")
+      throw ConfigError("torch_dtype \"" + name + "\": must be float32, bfloat16, float16 or float64");
+    config_.torch_dtype = name;
+  }
   [[nodiscard]] torch::Device device() const { return model->embed_tokens->weight.device(); }
   [[nodiscard]] torch::ScalarType dtype() const { return model->embed_tokens->weight.scalar_type(); }
 

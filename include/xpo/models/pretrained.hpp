@@ -35,6 +35,30 @@ inline std::string hf_dtype_name(torch::ScalarType t) {
   }
 }
 
+// The dtype a Hugging Face torch_dtype name stands for ("float32", "bfloat16", "float16", "float64"); none for
+// any other name (e.g. "auto").
+inline std::optional<torch::ScalarType> hf_dtype_from_name(const std::string& name) {
+  if (name == "float32") return torch::kFloat;
+  if (name == "bfloat16") return torch::kBFloat16;
+  if (name == "float16") return torch::kHalf;
+  if (name == "float64") return torch::kDouble;
+  return std::nullopt;
+}
+
+// The floating dtype a checkpoint's weights are stored in, when they all share one of float32/bfloat16/float16/
+// float64 (what transformers' torch_dtype="auto" reads from the weights); none when they mix floating dtypes.
+inline std::optional<torch::ScalarType> stored_dtype(const io::TensorStore& store) {
+  std::optional<torch::ScalarType> out;
+  for (const auto& name : store.names()) {
+    const auto t = store.entry(name).dtype.type;
+    if (!c10::isFloatingType(t)) continue;
+    const bool named = t == torch::kFloat || t == torch::kBFloat16 || t == torch::kHalf || t == torch::kDouble;
+    if (!named || (out && *out != t)) return std::nullopt;
+    out = t;
+  }
+  return out;
+}
+
 inline bool is_lora_parameter(const std::string& name) { return name.find("lora_") != std::string::npos; }
 
 namespace detail {
@@ -89,12 +113,17 @@ inline CausalLM load_causal_lm(const std::filesystem::path& folder, torch::Devic
   auto config = io::ModelConfig::load(folder);
   if (config.is_sequence_classifier())
     throw FileError(folder.string(), "holds a sequence-classification (reward) model; load it with load_reward_model");
+  const auto store = io::TensorStore::open(folder);
+  // config().torch_dtype = the dtype the weights are stored in (the files win over config.json when they
+  // disagree; config.json's name stays when they mix floating dtypes), whatever `dtype` they are loaded in: the
+  // Trainer saves the final model in it (CausalLMImpl::set_config_torch_dtype to save in another).
+  if (const auto stored = stored_dtype(store)) config.torch_dtype = hf_dtype_name(*stored);
   CausalLM model(config);
   model->to(device, dtype);
   // A tied checkpoint may still carry lm_head.weight (a copy of the embedding); nothing to load it into.
   const std::set<std::string> ignorable = config.tie_word_embeddings ? std::set<std::string>{"lm_head.weight"}
                                                                      : std::set<std::string>{};
-  load_weights(*model, io::TensorStore::open(folder), folder.string(), ignorable);
+  load_weights(*model, store, folder.string(), ignorable);
   model->eval();
   return model;
 }

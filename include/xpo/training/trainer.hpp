@@ -102,6 +102,9 @@ class Trainer {
       }
     }
     device_ = first_device(policy_);
+    if (config_.fp16 && !device_.is_cuda())  // config.device may say cuda while the policy is elsewhere
+      throw ConfigError("fp16: fp16 mixed precision requires a GPU, but the policy is on " + device_.str() +
+                        " (LibTorch's CPU autocast runs bfloat16 only; use bf16)");
     autocast_dtype_ = training::autocast_dtype(config_);
     if (config_.fp16) scaler_.emplace();
     if (config_.gradient_checkpointing) enable_gradient_checkpointing();
@@ -451,7 +454,8 @@ class Trainer {
     window_ = {};
   }
 
-  // The trained model as a Hugging Face folder (LoRA merged) plus the tokenizer files.
+  // The trained model as a Hugging Face folder (LoRA merged) plus the tokenizer files, in the dtype the input
+  // checkpoint is stored in unless the caller asked for another (see save_weights).
   void save_model(const std::filesystem::path& folder) {
     if (world_.is_main()) {
       std::filesystem::create_directories(folder);
@@ -950,12 +954,17 @@ class Trainer {
   }
 
   // ---- weights on disk ------------------------------------------------------------------------------------------
+  // A checkpoint (for_resume) holds the weights as trained (the float32 master weights under bf16/fp16), so that a
+  // resume is bit-identical; the final model is saved in the policy config's torch_dtype: the dtype the input
+  // checkpoint is stored in (models::load_causal_lm), unless the caller set another (xpo-train: --torch_dtype).
   void save_weights(const std::filesystem::path& folder, bool for_resume) {
     if constexpr (kIsCausalLM) {
       if (for_resume && policy_->lora()) {
         models::save_lora_adapter(policy_, folder, tokenizer_.source_folder().string());
       } else {
-        models::save_pretrained(policy_, folder);  // LoRA merged
+        std::optional<torch::ScalarType> dtype;  // none: the parameters' own
+        if (!for_resume) dtype = models::hf_dtype_from_name(policy_->config().torch_dtype);
+        models::save_pretrained(policy_, folder, dtype);  // LoRA merged; config.json's torch_dtype = the saved dtype
       }
     } else {
       std::vector<torch::Tensor> params = unwrap(policy_).parameters();
