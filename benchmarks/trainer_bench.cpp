@@ -265,4 +265,55 @@ BENCHMARK(BM_XPOStepLevers)->ArgName("prompt")->Arg(kPrompt)->Arg(256)->UseManua
 
 BENCHMARK(BM_DataParallelStep)->UseManualTime()->Iterations(1)->Unit(benchmark::kSecond);
 
+// ---- the LoRA reference decoded with the policy (issue 23, lever 3) -----------------------------------------------
+// BM_XPOStep's trainer and batch under LoRA (PEFT's defaults: r 8, alpha 16, q_proj and v_proj), where the reference
+// is the policy with adapters off. Each iteration runs one optimizer step with StepOptions::fused_lora_decode on
+// (both samples in one decode of 2B rows, the base weights read once) and one with it off (two decodes of B rows),
+// in alternating order. Counters: each setting's mean step and generation seconds, and
+//   generation_fused_over_separate, step_fused_over_separate   (< 1: the lever saves).
+// Iteration time = the fused step.
+void BM_XPOStepFusedLoRA(benchmark::State& state) {
+  torch::manual_seed(0);
+  xpo::models::CausalLM policy(xpo::bench::qwen2_bench_config());
+  xpo::models::init_weights(*policy);
+  policy->enable_lora(xpo::models::LoRAOptions{});
+  xpo::XPOConfig config;
+  config.output_dir = (std::filesystem::temp_directory_path() / "xpo-trainer-fused-lora-bench").string();
+  config.per_device_train_batch_size = kBatch;
+  config.max_new_tokens = state.range(0);
+  config.max_steps = 1000;
+  config.learning_rate = 1e-6;
+  xpo::scoring::FunctionScorer scorer([](const std::string&, const std::string& completion) { return static_cast<double>(completion.size()); });
+  BenchTrainer trainer(policy, std::nullopt, std::move(scorer), byte_tokenizer(), config, bench_prompts());
+  trainer.optimizer_step();  // warm-up: allocates AdamW's state
+  double step[2] = {0, 0}, generation[2] = {0, 0};  // [0] separate, [1] fused
+  std::int64_t k = 0;
+  for (auto _ : state) {
+    double fused_step = 0;
+    for (int j = 0; j < 2; ++j) {
+      const int fused = (j + k) % 2;
+      auto options = trainer.step_options();
+      options.fused_lora_decode = fused == 1;
+      trainer.set_step_options(options);
+      trainer.optimizer_step();
+      const auto& t = trainer.last_step_timing();
+      step[fused] += t.total;
+      generation[fused] += t.generation;
+      if (fused == 1) fused_step = t.total;
+    }
+    ++k;
+    state.SetIterationTime(fused_step);
+  }
+  const auto n = static_cast<double>(state.iterations());
+  state.counters["fused_step_s"] = step[1] / n;
+  state.counters["separate_step_s"] = step[0] / n;
+  state.counters["fused_generation_s"] = generation[1] / n;
+  state.counters["separate_generation_s"] = generation[0] / n;
+  state.counters["generation_fused_over_separate"] = generation[1] / generation[0];
+  state.counters["step_fused_over_separate"] = step[1] / step[0];
+  std::filesystem::remove_all(config.output_dir);
+}
+BENCHMARK(BM_XPOStepFusedLoRA)->Arg(kNewTokens)->UseManualTime()->Iterations(2)->Unit(benchmark::kSecond);
+BENCHMARK(BM_XPOStepFusedLoRA)->Name("smoke/XPOStepFusedLoRA")->Arg(2)->UseManualTime()->Iterations(1);
+
 }  // namespace

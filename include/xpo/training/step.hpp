@@ -31,6 +31,10 @@ struct StepOptions {
   // Each prompt runs once through each model in the loss forward and both completions attend to its keys and
   // values (models::CausalLM::forward_shared_prompt); a Model type without it runs [prompt; completion] rows.
   bool shared_prompt_forward = true;
+  // Under LoRA (the reference is the policy with adapters off) both samples come from ONE batched decode of 2B rows
+  // that reads the base weights once, the adapters applied to the policy's rows only
+  // (generation::generate_adapted_and_base). The same samples as two decodes: each row keeps its own stream.
+  bool fused_lora_decode = true;
 };
 
 // Who won, from scores or judgements (ALGORITHM.md §1.4).

@@ -27,6 +27,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -289,11 +290,23 @@ class Trainer {
     //    for the reference)
     const auto sampling = sampling_options();
     generation::Generation model_gen, ref_gen;
-    {
+    // Under LoRA both samples in one decode of 2B rows that reads the base weights once (the same samples).
+    const bool fused = reference_is_base_ && step_options_.fused_lora_decode;
+    if constexpr (generation::SwitchableAdapterModel<Model>) {
+      if (fused) {
+        compat::AutocastGuard low_precision = autocast();
+        auto both = sampling;
+        both.output_token_logprobs = step_options_.record_reference_logps && decode_logps_equal_forward(batch);
+        std::tie(model_gen, ref_gen) = generation::generate_adapted_and_base(
+            policy_, batch.ids, batch.mask, both, sample_streams(kPolicyStream, rows.size()), sample_streams(kReferenceStream, rows.size()));
+        model_gen.token_logprobs = torch::Tensor();  // only the reference's are used
+      }
+    }
+    if (!fused) {
       compat::AutocastGuard low_precision = autocast();
       model_gen = generation::generate(policy_, batch.ids, batch.mask, sampling, sample_streams(kPolicyStream, rows.size()));
     }
-    {
+    if (!fused) {
       compat::AutocastGuard low_precision = autocast();
       ReferenceScope scope(*this);
       // The reference's log-probs of its own sample, recorded as it draws it: its loss forward then skips that half.
