@@ -1,8 +1,16 @@
 // Decoding throughput of xpo::generation::generate on a Qwen2-shaped model (support/machine.hpp), 64 new tokens
-// from 32-token prompts, at batch 1, 8 and 32:
+// from 32-token prompts, at batch 1, 8 and 32, sampled from row streams (the trainer's path, temperature 0.9):
 //  - against the same without the KV cache (full recompute each step; target >= 5x at 64 new tokens);
-//  - against the memory roofline: the weight bytes one decode step must read, divided by the copy bandwidth
-//    measured in the same run (target >= 0.6 of it at batch 1).
+//  - one decode step (prefill excluded: (time of 64 new tokens - time of 1) / 63) against the machine's limits
+//    measured in the same run:
+//      roofline_fraction  bytes the step must read (every weight, the LM head included, plus the KV cache of every
+//                         layer at the step's mean length) / step time / the measured copy bandwidth (target >= 0.6
+//                         at batch 1, issue 23: >= 0.8 at batch 8 and 32);
+//      flop_fraction      the step's matmul FLOPs (2 x weight elements x B, plus attention) / step time / the
+//                         measured sgemm rate (near 1: compute-bound);
+//  - where the step's time goes: linears_share = the same weight matrices multiplied alone (F.linear on B rows, in
+//    the forward's order, the LM head included) / step time, linears_roofline_fraction = weight bytes / that time /
+//    copy bandwidth (what the BLAS reaches on these shapes), sampling_share = sample_next on [B, V] / step time.
 #include <benchmark/benchmark.h>
 
 #include <xpo/generation/generate.hpp>
@@ -19,16 +27,28 @@ struct DecodeRun {
   std::int64_t tokens;
 };
 
-DecodeRun decode(xpo::models::CausalLM& model, std::int64_t batch, bool use_cache, std::int64_t new_tokens) {
-  const auto ids = torch::randint(3, model->vocab_size(), {batch, kPrompt}, torch::kLong);
+xpo::generation::SamplingOptions decode_options(std::int64_t new_tokens, bool use_cache) {
   xpo::generation::SamplingOptions o;
   o.max_new_tokens = new_tokens;
   o.eos_token_ids = {-1};  // never stops early: every run decodes exactly new_tokens per row
   o.use_cache = use_cache;
-  auto gen = xpo::compat::make_generator(torch::kCPU, 0);
+  return o;
+}
+
+xpo::generation::RowStreams row_streams(std::int64_t batch) {
+  xpo::generation::RowStreams streams;
+  for (std::int64_t i = 0; i < batch; ++i) streams.keys.push_back(xpo::generation::RowStreams::key({0, static_cast<std::uint64_t>(i)}));
+  return streams;
+}
+
+DecodeRun decode(xpo::models::CausalLM& model, std::int64_t batch, bool use_cache, std::int64_t new_tokens, int repeats = 1) {
+  torch::manual_seed(1);
+  const auto ids = torch::randint(3, model->vocab_size(), {batch, kPrompt}, torch::kLong);
+  const auto o = decode_options(new_tokens, use_cache);
+  const auto streams = row_streams(batch);
   DecodeRun run{0, 0};
-  run.seconds = xpo::bench::best_seconds(1, [&] {
-    run.tokens = xpo::generation::generate(model, ids, torch::ones_like(ids), o, gen).completion_mask.sum().item<std::int64_t>();
+  run.seconds = xpo::bench::best_seconds(repeats, [&] {
+    run.tokens = xpo::generation::generate(model, ids, torch::ones_like(ids), o, streams).completion_mask.sum().item<std::int64_t>();
   });
   return run;
 }
@@ -40,28 +60,73 @@ xpo::models::CausalLM bench_model() {
   return model;
 }
 
+// The weight matrices one decode step multiplies, in the forward's order: every Linear of the decoder, then the
+// LM head (tied: the embedding matrix).
+std::vector<std::pair<torch::Tensor, torch::Tensor>> step_matrices(xpo::models::CausalLM& model) {
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> out;
+  for (const auto& m : model->model->modules(/*include_self=*/false))
+    if (const auto* linear = m->as<xpo::models::LinearImpl>()) out.emplace_back(linear->weight, linear->bias);
+  out.emplace_back(model->lm_head ? model->lm_head->weight : model->model->embed_tokens->weight, torch::Tensor());
+  return out;
+}
+
 void BM_Decode(benchmark::State& state) {
   const std::int64_t batch = state.range(0);
   const std::int64_t new_tokens = state.range(1);
   auto model = bench_model();
+  const auto& c = model->config();
   (void)decode(model, batch, true, 4);  // warm-up
-  // Weights one decode step reads: every layer and the LM head (tied: the embedding matrix); the embedding
-  // lookup itself reads one row per sequence.
+  // Bytes one decode step reads: every parameter (the embedding lookup reads B rows, the tied LM head the whole
+  // matrix) and each layer's keys and values at the step's cache length (mean over the decode steps).
   double weight_bytes = 0;
   for (const auto& p : model->parameters()) weight_bytes += static_cast<double>(p.nbytes());
+  const double mean_length = static_cast<double>(kPrompt) + 1.0 + static_cast<double>(new_tokens) / 2.0;
+  const double kv_bytes = 2.0 * static_cast<double>(c.num_hidden_layers * batch * c.num_key_value_heads * c.head_dim) * mean_length * 4;
+  // FLOPs: 2 per weight element of the matrices multiplied, per row; attention's QK^T and PV per query head.
+  const auto matrices = step_matrices(model);
+  double matrix_elements = 0;
+  for (const auto& [w, b] : matrices) matrix_elements += static_cast<double>(w.numel());
+  const double flops = 2.0 * matrix_elements * static_cast<double>(batch) +
+                       4.0 * static_cast<double>(c.num_hidden_layers * batch * c.num_attention_heads * c.head_dim) * mean_length;
   const double copy_bandwidth = xpo::bench::measured_copy_bandwidth();
+  const double sgemm = xpo::bench::measured_sgemm_flops();
+
   DecodeRun cached{0, 0};
   for (auto _ : state) {
     cached = decode(model, batch, true, new_tokens);
     state.SetIterationTime(cached.seconds);
   }
+  const auto first = decode(model, batch, true, 1, 2);
   const auto uncached = decode(model, batch, false, new_tokens);
-  const double step_seconds = cached.seconds / static_cast<double>(new_tokens);  // prefill included: conservative
+  const double step_seconds = new_tokens > 1 ? (cached.seconds - first.seconds) / static_cast<double>(new_tokens - 1)
+                                             : cached.seconds;
+
+  // The same matrices multiplied alone on B rows, and the sampler alone on [B, V] logits.
+  double linear_seconds = 0, sample_seconds = 0;
+  {
+    c10::InferenceMode inference;
+    std::vector<torch::Tensor> inputs;
+    for (const auto& [w, b] : matrices) inputs.push_back(torch::randn({batch, w.size(1)}));
+    linear_seconds = xpo::bench::best_seconds(5, [&] {
+      for (std::size_t i = 0; i < matrices.size(); ++i) (void)torch::nn::functional::linear(inputs[i], matrices[i].first, matrices[i].second);
+    });
+    const auto logits = torch::randn({batch, model->vocab_size()}) * 3;
+    const auto o = decode_options(new_tokens, true);
+    const auto u = torch::rand({batch}, torch::kDouble);
+    sample_seconds = xpo::bench::best_seconds(5, [&] { (void)xpo::generation::sample_next(logits, o, u); });
+  }
   state.counters["tokens_per_s"] = static_cast<double>(cached.tokens) / cached.seconds;
   state.counters["cache_speedup"] = uncached.seconds / cached.seconds;
   state.counters["copy_GBps"] = copy_bandwidth / 1e9;
+  state.counters["sgemm_GFLOPs"] = sgemm / 1e9;
   state.counters["weights_MB"] = weight_bytes / 1e6;
-  state.counters["roofline_fraction"] = weight_bytes / step_seconds / copy_bandwidth;
+  state.counters["kv_MB"] = kv_bytes / 1e6;
+  state.counters["step_ms"] = step_seconds * 1e3;
+  state.counters["roofline_fraction"] = (weight_bytes + kv_bytes) / step_seconds / copy_bandwidth;
+  state.counters["flop_fraction"] = flops / step_seconds / sgemm;
+  state.counters["linears_share"] = linear_seconds / step_seconds;
+  state.counters["linears_roofline_fraction"] = weight_bytes / linear_seconds / copy_bandwidth;
+  state.counters["sampling_share"] = sample_seconds / step_seconds;
 }
 BENCHMARK(BM_Decode)->ArgNames({"B", "new"})->Args({1, kNewTokens})->Args({8, kNewTokens})->Args({32, kNewTokens})
     ->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
