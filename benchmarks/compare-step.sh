@@ -35,6 +35,8 @@ install_xpo head "$root"
 run() {  # run NAME VARIANT ROUND
   local name=$1 variant=$2 round=$3 env=()
   [ "$name" = base ] && [ -n "$base_blas" ] && [ -d "$base_blas" ] && env=(env "LD_LIBRARY_PATH=$base_blas")
+  # this tree's programs run with sleeping idle OpenMP threads (xpo::use_passive_openmp_wait, as xpo-train does)
+  [ "$name" = head ] && env=(env "OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}")
   flock "$lock" "${env[@]}" "$work/$name/bench/xpo_step_compare" --benchmark_filter="BM_XPOStep/variant:$variant/" \
     --benchmark_format=json --benchmark_out="$work/results/$name-$variant-$round.json" >/dev/null
 }

@@ -659,6 +659,7 @@ int main_impl(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  xpo::use_passive_openmp_wait(argc, argv);  // idle OpenMP threads sleep (core/threads.hpp); re-executes once
   try {
     return main_impl(argc, argv);
   } catch (const xpo::ConfigError& e) {

@@ -88,4 +88,16 @@ TEST_F(ConfigureThreads, TheDefaultSharesTheCoresAmongLocalProcessesAndFollowsTh
   EXPECT_NE(s.describe().find(s.blas), std::string::npos);
 }
 
+TEST_F(ConfigureThreads, PassiveWaitLeavesAUsersPolicyAloneAndIsLogged) {
+  const char* before = std::getenv("OMP_WAIT_POLICY");
+  const std::optional<std::string> saved = before ? std::optional<std::string>(before) : std::nullopt;
+  ::setenv("OMP_WAIT_POLICY", "active", 1);
+  char name[] = "xpo_foundation_tests";
+  char* argv[] = {name, nullptr};
+  xpo::use_passive_openmp_wait(1, argv);  // set by the user: returns without re-executing
+  EXPECT_STREQ(std::getenv("OMP_WAIT_POLICY"), "active");
+  EXPECT_NE(xpo::configure_threads(1).describe().find("OMP_WAIT_POLICY=active"), std::string::npos);
+  if (saved) ::setenv("OMP_WAIT_POLICY", saved->c_str(), 1); else ::unsetenv("OMP_WAIT_POLICY");
+}
+
 }  // namespace

@@ -100,6 +100,11 @@ TEST(MixedPrecisionCache, FrozenWeightsCastOnceGiveTheSameLogitsAndGradients) {
     };
     const auto [plain_logits, plain_grads] = run();
     model->set_low_precision_cache(true);
+    {  // the copies are first made where generation makes them: under InferenceMode, then used by a training forward
+      c10::InferenceMode inference;
+      xpo::compat::AutocastGuard bf16(c10::DeviceType::CPU, torch::kBFloat16);
+      (void)model->forward_window(ids, mask, positions, 0, t);
+    }
     const auto [cached_logits, cached_grads] = run();
     EXPECT_TRUE(all_close(cached_logits, plain_logits, 1e-6));
     ASSERT_EQ(cached_grads.size(), plain_grads.size());

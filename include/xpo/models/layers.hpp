@@ -33,12 +33,16 @@ struct AdapterSwitch {
 };
 
 // A frozen float32 tensor's copy in a low precision, made when first asked and again only when the source changes
-// (its version counter), dtype or device: what autocast would cast it to at every use, cast once.
+// (its version counter), dtype or device: what autocast would cast it to at every use, cast once. The copy is an
+// ordinary tensor (never an inference tensor), so a forward that records autograd may use it.
 class LowPrecisionCopy {
  public:
   // source (float32) -> source.to(dtype), from the kept copy when still current.
   const torch::Tensor& of(const torch::Tensor& source, torch::ScalarType dtype) {
     if (!copy_.defined() || copy_.scalar_type() != dtype || copy_.device() != source.device() || version_ != source._version()) {
+      // A normal tensor even when first asked under InferenceMode (generation): the training forward saves it for
+      // backward, which an inference tensor cannot be.
+      c10::InferenceMode normal(/*enabled=*/false);
       torch::NoGradGuard no_grad;
       copy_ = source.detach().to(dtype);
       version_ = source._version();
