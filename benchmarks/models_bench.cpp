@@ -56,6 +56,23 @@ void BM_DecoderForwardBackward(benchmark::State& state) {
 BENCHMARK(BM_DecoderForwardBackward)->ArgNames({"B", "T"})->Args({8, 256})->UseManualTime()->Iterations(2)->Unit(benchmark::kSecond);
 BENCHMARK(BM_DecoderForwardBackward)->Name("smoke/DecoderForwardBackward")->Args({1, 8})->UseManualTime()->Iterations(1);
 
+// The machine's float32 (OpenBLAS) and bfloat16 (oneDNN) matmul rates in one run, and their ratio: what --bf16
+// can gain on this CPU where the step is compute-bound (issue 23, lever 4).
+void BM_MatmulRates(benchmark::State& state) {
+  double sgemm = 0, bf16 = 0;
+  for (auto _ : state) {
+    sgemm = xpo::bench::measured_sgemm_flops(state.range(0));
+    bf16 = xpo::bench::measured_bf16_gemm_flops(state.range(0));
+    state.SetIterationTime(1.0);
+  }
+  state.counters["sgemm_GFLOPs"] = sgemm / 1e9;
+  state.counters["bf16_GFLOPs"] = bf16 / 1e9;
+  state.counters["bf16_over_sgemm"] = bf16 / sgemm;
+  state.counters["aten_threads"] = at::get_num_threads();
+}
+BENCHMARK(BM_MatmulRates)->ArgName("n")->Arg(2048)->UseManualTime()->Iterations(1);
+BENCHMARK(BM_MatmulRates)->Name("smoke/MatmulRates")->Arg(64)->UseManualTime()->Iterations(1);
+
 void BM_CheckpointLoad(benchmark::State& state) {
   const auto folder = std::filesystem::temp_directory_path() / ("xpo-bench-ckpt-" + std::to_string(::getpid()));
   {

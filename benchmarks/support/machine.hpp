@@ -36,6 +36,17 @@ inline double measured_sgemm_flops(std::int64_t n = 2048) {
   return 2.0 * static_cast<double>(n) * n * n / seconds;
 }
 
+// The same n x n x n product in bfloat16 (FLOP/s): LibTorch runs it through oneDNN, on AMX / AVX-512 BF16 where
+// the CPU has them (this machine's does), accumulating in float32.
+inline double measured_bf16_gemm_flops(std::int64_t n = 2048) {
+  torch::manual_seed(0);
+  const auto a = torch::randn({n, n}).to(torch::kBFloat16), b = torch::randn({n, n}).to(torch::kBFloat16);
+  auto c = torch::empty({n, n}, torch::kBFloat16);
+  torch::mm_out(c, a, b);  // warm-up (oneDNN builds its kernel here)
+  const double seconds = best_seconds(3, [&] { torch::mm_out(c, a, b); });
+  return 2.0 * static_cast<double>(n) * n * n / seconds;
+}
+
 // Bytes per second that a large tensor copy moves (each byte read once and written once), 256 MB.
 inline double measured_copy_bandwidth(std::int64_t bytes = std::int64_t{256} << 20) {
   const auto src = torch::ones({bytes / 4});
