@@ -15,14 +15,6 @@ namespace {
 using nlohmann::json;
 using xpo::test::to_tensor;
 
-std::vector<std::filesystem::path> causal_folders() {
-  std::vector<std::filesystem::path> out;
-  for (const auto& f : xpo::test::model_fixture_folders())
-    if (!xpo::io::ModelConfig::load(f).is_sequence_classifier()) out.push_back(f);
-  if (out.empty()) throw std::runtime_error("no causal LM among the fixture models");
-  return out;
-}
-
 xpo::generation::SamplingOptions greedy_options(const json& g) {
   xpo::generation::SamplingOptions o;
   o.temperature = 0;
@@ -36,7 +28,7 @@ xpo::generation::SamplingOptions greedy_options(const json& g) {
 torch::Tensor padded(const torch::Tensor& ids, std::int64_t width, std::int64_t pad) { return xpo::pad_right_to(ids, width, pad); }
 
 TEST(Generate, GreedyEqualsTransformersWithAndWithoutCache) {
-  for (const auto& folder : causal_folders()) {
+  for (const auto& folder : xpo::test::causal_lm_fixture_folders()) {
     SCOPED_TRACE(folder.string());
     auto model = xpo::models::load_causal_lm(folder);
     const auto reference = xpo::test::read_json(folder / "reference.json");
@@ -69,7 +61,7 @@ TEST(Generate, GreedyEqualsTransformersWithAndWithoutCache) {
 // and equal a forward over [prompt; completion] to float summation order: |a - e| <= 1e-5 (1 + |e|), on left-padded
 // prompts of different lengths, with the KV cache (rows dropped as they finish) and without. Off: not computed.
 TEST(Generate, RecordedTokenLogprobsEqualAForwardOverPromptAndCompletion) {
-  for (const auto& folder : causal_folders()) {
+  for (const auto& folder : xpo::test::causal_lm_fixture_folders()) {
     SCOPED_TRACE(folder.string());
     auto model = xpo::models::load_causal_lm(folder);
     const auto reference = xpo::test::read_json(folder / "reference.json");
@@ -104,8 +96,8 @@ TEST(Generate, RecordedTokenLogprobsEqualAForwardOverPromptAndCompletion) {
 }
 
 TEST(Generate, SeededSamplingRepeatsAndSeparateStreamsDiffer) {
-  auto model = xpo::models::load_causal_lm(causal_folders().front());
-  const auto reference = xpo::test::read_json(causal_folders().front() / "reference.json");
+  auto model = xpo::models::load_causal_lm(xpo::test::causal_lm_fixture_folders().front());
+  const auto reference = xpo::test::read_json(xpo::test::causal_lm_fixture_folders().front() / "reference.json");
   const auto& g = reference.at("greedy");
   auto options = greedy_options(g);
   options.temperature = 1.0;
@@ -125,7 +117,7 @@ TEST(Generate, SeededSamplingRepeatsAndSeparateStreamsDiffer) {
 }
 
 TEST(Generate, TemperatureToZeroAndTopKOneAreGreedy) {
-  for (const auto& folder : causal_folders()) {
+  for (const auto& folder : xpo::test::causal_lm_fixture_folders()) {
     SCOPED_TRACE(folder.string());
     auto model = xpo::models::load_causal_lm(folder);
     const auto reference = xpo::test::read_json(folder / "reference.json");
@@ -170,7 +162,7 @@ void expect_distribution(const torch::Tensor& samples, const torch::Tensor& prob
 }
 
 TEST(Generate, SamplesFollowTheProcessedDistribution) {
-  auto model = xpo::models::load_causal_lm(causal_folders().front());
+  auto model = xpo::models::load_causal_lm(xpo::test::causal_lm_fixture_folders().front());
   const std::int64_t copies = 12000;
   const auto prompt = torch::tensor({{5, 17, 42, 9}}, torch::kLong);
   const auto ids = prompt.expand({copies, 4}).contiguous();
@@ -217,7 +209,7 @@ TEST(Generate, SamplesFollowTheProcessedDistribution) {
 // With row streams a row's sample is a function of its prompt and its key only: the same in any batch (here:
 // alone, or in the batch reversed), with or without the KV cache, and repeatable; other keys give other samples.
 TEST(Generate, RowStreamsMakeARowsSampleIndependentOfItsBatch) {
-  for (const auto& folder : causal_folders()) {
+  for (const auto& folder : xpo::test::causal_lm_fixture_folders()) {
     SCOPED_TRACE(folder.string());
     auto model = xpo::models::load_causal_lm(folder);
     const auto reference = xpo::test::read_json(folder / "reference.json");
@@ -252,7 +244,7 @@ TEST(Generate, RowStreamsMakeARowsSampleIndependentOfItsBatch) {
           << "row " << i << " alone";
     }
   }
-  auto model = xpo::models::load_causal_lm(causal_folders().front());
+  auto model = xpo::models::load_causal_lm(xpo::test::causal_lm_fixture_folders().front());
   xpo::generation::SamplingOptions options;
   options.eos_token_ids = {2};
   const auto ids = torch::full({2, 3}, 5, torch::kLong);
@@ -261,8 +253,8 @@ TEST(Generate, RowStreamsMakeARowsSampleIndependentOfItsBatch) {
 }
 
 TEST(Generate, StreamingCallbackSeesEveryStep) {
-  auto model = xpo::models::load_causal_lm(causal_folders().front());
-  const auto reference = xpo::test::read_json(causal_folders().front() / "reference.json");
+  auto model = xpo::models::load_causal_lm(xpo::test::causal_lm_fixture_folders().front());
+  const auto reference = xpo::test::read_json(xpo::test::causal_lm_fixture_folders().front() / "reference.json");
   const auto& g = reference.at("greedy");
   auto options = greedy_options(g);
   auto gen = xpo::compat::make_generator(torch::kCPU, 0);
@@ -277,7 +269,7 @@ TEST(Generate, StreamingCallbackSeesEveryStep) {
 }
 
 TEST(Generate, PromptThatLeavesNoRoomIsAnErrorNamingTheRow) {
-  auto model = xpo::models::load_causal_lm(causal_folders().front());
+  auto model = xpo::models::load_causal_lm(xpo::test::causal_lm_fixture_folders().front());
   const auto context = model->config().max_position_embeddings;
   const auto ids = torch::full({2, 8}, 5, torch::kLong);
   auto mask = torch::ones_like(ids);
@@ -305,7 +297,7 @@ TEST(Generate, PromptThatLeavesNoRoomIsAnErrorNamingTheRow) {
 // logits here) moves no draw across a token boundary.
 TEST(Generate, FusedLoRADecodeEqualsTwoSeparateDecodes) {
   bool adapters_changed_something = false;
-  for (const auto& folder : causal_folders()) {
+  for (const auto& folder : xpo::test::causal_lm_fixture_folders()) {
     SCOPED_TRACE(folder.string());
     auto model = xpo::models::load_causal_lm(folder);
     torch::manual_seed(11);
@@ -358,7 +350,7 @@ TEST(Generate, FusedLoRADecodeEqualsTwoSeparateDecodes) {
     }
   }
   EXPECT_TRUE(adapters_changed_something) << "the adapters changed no greedy sample: the test would not see them applied to the wrong rows";
-  auto model = xpo::models::load_causal_lm(causal_folders().front());
+  auto model = xpo::models::load_causal_lm(xpo::test::causal_lm_fixture_folders().front());
   model->enable_lora({.r = 2, .alpha = 4, .dropout = 0.0, .target_modules = {"q_proj"}});
   xpo::generation::SamplingOptions options;
   options.eos_token_ids = {2};

@@ -15,15 +15,6 @@ namespace {
 
 using xpo::test::all_close;
 
-// The fixture folders holding causal LMs (the others are reward models).
-std::vector<std::filesystem::path> causal_lm_folders() {
-  std::vector<std::filesystem::path> out;
-  for (const auto& f : xpo::test::model_fixture_folders())
-    if (!xpo::io::ModelConfig::load(f).is_sequence_classifier()) out.push_back(f);
-  if (out.empty()) throw std::runtime_error("no causal LM among the fixture models");
-  return out;
-}
-
 // Decodes `steps` tokens greedily after `ids` with `cache`, returning the last position's logits of each step
 // [B, steps, V]; runs under autocast (bfloat16) whatever the cache's dtype.
 torch::Tensor decode_logits(xpo::models::CausalLM& model, const torch::Tensor& ids, xpo::models::KVCache cache, int steps) {
@@ -45,7 +36,7 @@ torch::Tensor decode_logits(xpo::models::CausalLM& model, const torch::Tensor& i
 }
 
 TEST(MixedPrecisionCache, AutocastCacheHoldsTheLowPrecisionAndDecodesTheSame) {
-  for (const auto& folder : causal_lm_folders()) {
+  for (const auto& folder : xpo::test::causal_lm_fixture_folders()) {
     SCOPED_TRACE(folder.filename().string());
     auto model = xpo::models::load_causal_lm(folder);
     model->eval();
@@ -71,7 +62,7 @@ TEST(MixedPrecisionCache, AutocastCacheHoldsTheLowPrecisionAndDecodesTheSame) {
 }
 
 TEST(MixedPrecisionCache, FrozenWeightsCastOnceGiveTheSameLogitsAndGradients) {
-  for (const auto& folder : causal_lm_folders()) {
+  for (const auto& folder : xpo::test::causal_lm_fixture_folders()) {
     SCOPED_TRACE(folder.filename().string());
     auto model = xpo::models::load_causal_lm(folder);
     const auto& c = model->config();

@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <xpo/io/hf_config.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -162,6 +164,15 @@ inline std::vector<std::filesystem::path> model_fixture_folders() {
       throw std::runtime_error("no model folder with reference.json under " + fixture_path(group).string());
   }
   std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The folders of model_fixture_folders() that hold causal LMs (the others hold reward models); fails when none does.
+inline std::vector<std::filesystem::path> causal_lm_fixture_folders() {
+  std::vector<std::filesystem::path> out;
+  for (const auto& f : model_fixture_folders())
+    if (!xpo::io::ModelConfig::load(f).is_sequence_classifier()) out.push_back(f);
+  if (out.empty()) throw std::runtime_error("no causal LM among the fixture models");
   return out;
 }
 
