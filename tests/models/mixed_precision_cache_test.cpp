@@ -4,6 +4,7 @@
 // 1e-5 x (1 + |logit|) allows only a different summation order in the matmul kernels), on every fixture model.
 // And CausalLM::set_low_precision_cache: frozen float32 weights cast once and kept give the same logits and input
 // gradients as autocast's cast at every call, and a weight changed in place is cast again.
+// And trainable weights (full fine-tuning) are cast once per generation and multiplied as themselves under grad.
 #include <gtest/gtest.h>
 
 #include <xpo/core/compat.hpp>
@@ -116,3 +117,73 @@ TEST(MixedPrecisionCache, FrozenWeightsCastOnceGiveTheSameLogitsAndGradients) {
 }
 
 }  // namespace
+
+// Full fine-tuning under bf16: a trainable weight is cast once per generation, not at every decoding step. While
+// gradients are off every linear weight's copy is kept and the logits equal autocast's cast at each call (1e-6:
+// the same bfloat16 operands); a forward that records gradients multiplies the float32 weights themselves (their
+// gradients equal the uncached run's, 1e-5) and drops the trainable copies.
+TEST(MixedPrecisionCache, TrainableWeightsCastOncePerGenerationAndNotForGradients) {
+  for (const auto& folder : xpo::test::causal_lm_fixture_folders()) {
+    SCOPED_TRACE(folder.filename().string());
+    auto model = xpo::models::load_causal_lm(folder);
+    model->eval();
+    const int steps = 5;
+    const std::int64_t b = 2, p = 4;
+    torch::manual_seed(7);
+    const auto ids = torch::randint(std::min<std::int64_t>(model->vocab_size(), 100), {b, p}, torch::kLong);
+    const auto mask = torch::ones({b, p}, torch::kLong);
+    const auto positions = torch::arange(p, torch::kLong).unsqueeze(0).expand({b, p}).contiguous();
+    const auto linears = [&] {
+      std::vector<const xpo::models::LinearImpl*> out;
+      for (const auto& m : model->modules(/*include_self=*/false))
+        if (const auto* l = m->as<xpo::models::LinearImpl>()) out.push_back(l);
+      return out;
+    }();
+    ASSERT_FALSE(linears.empty());
+    const auto decode = [&] {
+      xpo::models::KVCache cache;
+      {
+        xpo::compat::AutocastGuard bf16(c10::DeviceType::CPU, torch::kBFloat16);
+        cache = model->make_cache(b, p + steps);
+      }
+      c10::InferenceMode inference;
+      return decode_logits(model, ids, cache, steps);
+    };
+    const auto gradients = [&] {
+      model->zero_grad();
+      xpo::compat::AutocastGuard bf16(c10::DeviceType::CPU, torch::kBFloat16);
+      model->forward_window(ids, mask, positions, 0, p).sum().backward();
+      std::vector<torch::Tensor> grads;
+      for (const auto& param : model->parameters()) grads.push_back(param.grad().defined() ? param.grad().clone() : torch::Tensor());
+      return grads;
+    };
+    const auto plain_logits = decode();
+    const auto plain_grads = gradients();
+    for (const auto* l : linears) ASSERT_FALSE(l->holds_low_precision_copy());
+
+    model->set_low_precision_cache(true);
+    const auto cached_logits = decode();
+    EXPECT_TRUE(all_close(cached_logits, plain_logits, 1e-6));
+    for (const auto* l : linears) EXPECT_TRUE(l->holds_low_precision_copy());  // made once, kept through decoding
+
+    const auto cached_grads = gradients();
+    for (const auto* l : linears) EXPECT_FALSE(l->holds_low_precision_copy());  // trainable: dropped by the forward
+    ASSERT_EQ(cached_grads.size(), plain_grads.size());
+    for (std::size_t i = 0; i < plain_grads.size(); ++i) {
+      ASSERT_EQ(cached_grads[i].defined(), plain_grads[i].defined());
+      if (plain_grads[i].defined()) EXPECT_TRUE(all_close(cached_grads[i], plain_grads[i], 1e-5));
+    }
+
+    // An optimizer-like in-place update between generations: the next generation casts the new weights.
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& param : model->parameters())
+        if (param.dim() == 2) param.mul_(0.5);
+    }
+    const auto updated_cached = decode();
+    model->set_low_precision_cache(false);
+    const auto updated_plain = decode();
+    EXPECT_TRUE(all_close(updated_cached, updated_plain, 1e-6));
+    EXPECT_FALSE(all_close(updated_cached, cached_logits, 1e-3));
+  }
+}

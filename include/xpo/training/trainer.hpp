@@ -727,13 +727,17 @@ class Trainer {
 
   void setup_reference(std::optional<Model> reference) {
     if constexpr (kIsCausalLM) {
-      // bf16/fp16 under LoRA: the frozen base weights are cast to the low precision once, not at every call.
-      if (autocast_dtype_ && policy_->lora()) policy_->set_low_precision_cache(true);
+      // bf16/fp16: frozen weights (LoRA's base) are cast to the low precision once, trainable ones once per
+      // generation, not at every call (CausalLM::set_low_precision_cache; the same values).
+      if (autocast_dtype_) policy_->set_low_precision_cache(true);
     }
     if (reference) {
       reference_ = std::move(reference);
       for (auto& p : unwrap(*reference_).parameters()) p.set_requires_grad(false);
       unwrap(*reference_).train(false);
+      if constexpr (kIsCausalLM) {
+        if (autocast_dtype_) (*reference_)->set_low_precision_cache(true);  // a float32 reference: cast once
+      }
       return;
     }
     if constexpr (kIsCausalLM) {
