@@ -7,10 +7,13 @@
 //                         layer at the step's mean length) / step time / the measured copy bandwidth (target >= 0.6
 //                         at batch 1, issue 23: >= 0.8 at batch 8 and 32);
 //      flop_fraction      the step's matmul FLOPs (2 x weight elements x B, plus attention) / step time / the
-//                         measured sgemm rate (near 1: compute-bound);
+//                         measured sgemm rate, or bf16 matmul rate under bf16 (near 1: compute-bound);
 //  - where the step's time goes: linears_share = the same weight matrices multiplied alone (F.linear on B rows, in
 //    the forward's order, the LM head included) / step time, linears_roofline_fraction = weight bytes / that time /
 //    copy bandwidth (what the BLAS reaches on these shapes), sampling_share = sample_next on [B, V] / step time.
+//  - bf16:1 runs the same float32 model the way the trainer decodes under --bf16: bfloat16 autocast with the
+//    weights cast once per generation (CausalLM::set_low_precision_cache) and a bfloat16 KV cache; its bytes are
+//    the bfloat16 copies' (2 per weight and cached value), and the matmuls alone run on those copies (oneDNN).
 #include <benchmark/benchmark.h>
 
 #include <xpo/generation/generate.hpp>
@@ -41,7 +44,9 @@ xpo::generation::RowStreams row_streams(std::int64_t batch) {
   return streams;
 }
 
-DecodeRun decode(xpo::models::CausalLM& model, std::int64_t batch, bool use_cache, std::int64_t new_tokens, int repeats = 1) {
+DecodeRun decode(xpo::models::CausalLM& model, std::int64_t batch, bool use_cache, std::int64_t new_tokens, int repeats = 1,
+                 bool bf16 = false) {
+  xpo::compat::AutocastGuard low_precision(c10::DeviceType::CPU, torch::kBFloat16, bf16);
   torch::manual_seed(1);
   const auto ids = torch::randint(3, model->vocab_size(), {batch, kPrompt}, torch::kLong);
   const auto o = decode_options(new_tokens, use_cache);
@@ -73,15 +78,18 @@ std::vector<std::pair<torch::Tensor, torch::Tensor>> step_matrices(xpo::models::
 void BM_Decode(benchmark::State& state) {
   const std::int64_t batch = state.range(0);
   const std::int64_t new_tokens = state.range(1);
+  const bool bf16 = state.range(2) != 0;
   auto model = bench_model();
+  if (bf16) model->set_low_precision_cache(true);
   const auto& c = model->config();
-  (void)decode(model, batch, true, 4);  // warm-up
+  const double element_bytes = bf16 ? 2 : 4;
+  (void)decode(model, batch, true, 4, 1, bf16);  // warm-up
   // Bytes one decode step reads: every parameter (the embedding lookup reads B rows, the tied LM head the whole
   // matrix) and each layer's keys and values at the step's cache length (mean over the decode steps).
   double weight_bytes = 0;
-  for (const auto& p : model->parameters()) weight_bytes += static_cast<double>(p.nbytes());
+  for (const auto& p : model->parameters()) weight_bytes += static_cast<double>(p.numel()) * element_bytes;
   const double mean_length = static_cast<double>(kPrompt) + 1.0 + static_cast<double>(new_tokens) / 2.0;
-  const double kv_bytes = 2.0 * static_cast<double>(c.num_hidden_layers * batch * c.num_key_value_heads * c.head_dim) * mean_length * 4;
+  const double kv_bytes = 2.0 * static_cast<double>(c.num_hidden_layers * batch * c.num_key_value_heads * c.head_dim) * mean_length * element_bytes;
   // FLOPs: 2 per weight element of the matrices multiplied, per row; attention's QK^T and PV per query head.
   const auto matrices = step_matrices(model);
   double matrix_elements = 0;
@@ -89,15 +97,15 @@ void BM_Decode(benchmark::State& state) {
   const double flops = 2.0 * matrix_elements * static_cast<double>(batch) +
                        4.0 * static_cast<double>(c.num_hidden_layers * batch * c.num_attention_heads * c.head_dim) * mean_length;
   const double copy_bandwidth = xpo::bench::measured_copy_bandwidth();
-  const double sgemm = xpo::bench::measured_sgemm_flops();
+  const double gemm_rate = bf16 ? xpo::bench::measured_bf16_gemm_flops() : xpo::bench::measured_sgemm_flops();
 
   DecodeRun cached{0, 0};
   for (auto _ : state) {
-    cached = decode(model, batch, true, new_tokens);
+    cached = decode(model, batch, true, new_tokens, 1, bf16);
     state.SetIterationTime(cached.seconds);
   }
-  const auto first = decode(model, batch, true, 1, 2);
-  const auto uncached = decode(model, batch, false, new_tokens);
+  const auto first = decode(model, batch, true, 1, 2, bf16);
+  const auto uncached = decode(model, batch, false, new_tokens, 1, bf16);
   const double step_seconds = new_tokens > 1 ? (cached.seconds - first.seconds) / static_cast<double>(new_tokens - 1)
                                              : cached.seconds;
 
@@ -105,10 +113,16 @@ void BM_Decode(benchmark::State& state) {
   double linear_seconds = 0, sample_seconds = 0;
   {
     c10::InferenceMode inference;
-    std::vector<torch::Tensor> inputs;
-    for (const auto& [w, b] : matrices) inputs.push_back(torch::randn({batch, w.size(1)}));
+    std::vector<torch::Tensor> inputs, weights;
+    for (const auto& [w, b] : matrices) {
+      inputs.push_back(torch::randn({batch, w.size(1)}, bf16 ? torch::kBFloat16 : torch::kFloat));
+      weights.push_back(bf16 ? w.to(torch::kBFloat16) : w);
+    }
     linear_seconds = xpo::bench::best_seconds(5, [&] {
-      for (std::size_t i = 0; i < matrices.size(); ++i) (void)torch::nn::functional::linear(inputs[i], matrices[i].first, matrices[i].second);
+      for (std::size_t i = 0; i < matrices.size(); ++i) {
+        const auto& bias = matrices[i].second;
+        (void)torch::nn::functional::linear(inputs[i], weights[i], bf16 && bias.defined() ? bias.to(torch::kBFloat16) : bias);
+      }
     });
     const auto logits = torch::randn({batch, model->vocab_size()}) * 3;
     const auto o = decode_options(new_tokens, true);
@@ -118,18 +132,19 @@ void BM_Decode(benchmark::State& state) {
   state.counters["tokens_per_s"] = static_cast<double>(cached.tokens) / cached.seconds;
   state.counters["cache_speedup"] = uncached.seconds / cached.seconds;
   state.counters["copy_GBps"] = copy_bandwidth / 1e9;
-  state.counters["sgemm_GFLOPs"] = sgemm / 1e9;
+  state.counters["gemm_GFLOPs"] = gemm_rate / 1e9;  // sgemm's rate, or bf16's under bf16
   state.counters["weights_MB"] = weight_bytes / 1e6;
   state.counters["kv_MB"] = kv_bytes / 1e6;
   state.counters["step_ms"] = step_seconds * 1e3;
   state.counters["roofline_fraction"] = (weight_bytes + kv_bytes) / step_seconds / copy_bandwidth;
-  state.counters["flop_fraction"] = flops / step_seconds / sgemm;
+  state.counters["flop_fraction"] = flops / step_seconds / gemm_rate;
   state.counters["linears_share"] = linear_seconds / step_seconds;
   state.counters["linears_roofline_fraction"] = weight_bytes / linear_seconds / copy_bandwidth;
   state.counters["sampling_share"] = sample_seconds / step_seconds;
 }
-BENCHMARK(BM_Decode)->ArgNames({"B", "new"})->Args({1, kNewTokens})->Args({8, kNewTokens})->Args({32, kNewTokens})
+BENCHMARK(BM_Decode)->ArgNames({"B", "new", "bf16"})->Args({1, kNewTokens, 0})->Args({8, kNewTokens, 0})->Args({32, kNewTokens, 0})
+    ->Args({1, kNewTokens, 1})->Args({8, kNewTokens, 1})->Args({32, kNewTokens, 1})
     ->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_Decode)->Name("smoke/Decode")->Args({2, 3})->UseManualTime()->Iterations(1);
+BENCHMARK(BM_Decode)->Name("smoke/Decode")->Args({2, 3, 0})->Args({2, 3, 1})->UseManualTime()->Iterations(1);
 
 }  // namespace
