@@ -858,13 +858,16 @@ TEST_F(CliTest, TwoRanksMatchOneRankWithTheGlobalBatchAndResume) {
   const auto m1 = metrics(dir_ / "one"), m2 = metrics(dir_ / "two");
   ASSERT_EQ(m1.size(), 3u);
   ASSERT_EQ(m2.size(), 3u) << "only rank 0 writes the log";
-  // Metrics to 1e-5 of their size; the log-probs (sums over the completion: identical samples or not shows here
-  // first) too. The KL is a difference of such sums (~30 here), so its size for rounding is theirs.
+  // Metrics to 1e-5 of their size at the first step (the same weights); the log-probs (sums over the completion:
+  // identical samples or not shows here first) too. The KL is a difference of such sums (~30 here), so its size for
+  // rounding is theirs. Later steps start from weights that differ as much as the bound above allows (up to 1e-4
+  // on the worst weight), so their metrics get 5e-5 (LibTorch 2.6's kernels put grad_norm at step 2 1.3e-5 apart).
   for (std::size_t i = 0; i < 3; ++i) {
     const double logp_size = std::abs(m1[i]["logps/chosen"].get<double>()) + std::abs(m1[i]["logps/rejected"].get<double>());
+    const double tol = i == 0 ? 1e-5 : 5e-5;
     for (const char* key : {"loss", "loss/xpo", "rewards/margins", "logps/chosen", "logps/rejected", "objective/kl", "grad_norm"}) {
       const double size = std::string_view(key) == "objective/kl" ? logp_size : std::abs(m1[i][key].get<double>());
-      EXPECT_NEAR(m2[i][key].get<double>(), m1[i][key].get<double>(), 1e-5 * (1 + size)) << key << " at step " << i + 1;
+      EXPECT_NEAR(m2[i][key].get<double>(), m1[i][key].get<double>(), tol * (1 + size)) << key << " at step " << i + 1;
     }
   }
   EXPECT_EQ(std::distance(fs::directory_iterator(dir_ / "two" / "runs"), fs::directory_iterator{}), 1) << "one TensorBoard file";

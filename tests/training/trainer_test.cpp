@@ -861,10 +861,20 @@ TEST_F(TrainerTest, Bf16TracksTheFloat32LossOverTwentySteps) {
 // weights (an AdamW step is lr x g / (|g| + eps): a relative gradient error only moves it where |g| ~ eps).
 // Full fine-tuning (a frozen reference copy), LoRA (the reference = adapters off) and gradient checkpointing.
 // Under bf16 see Bf16StepOptionsStayWithinBf16Rounding.
+// The policy is first moved away from its reference (every trainable weight plus N(0, 0.02) noise from a fixed
+// generator; under LoRA the adapters, so the adapted model differs from the base), as after some training: at
+// policy == reference every implicit reward is 0 up to rounding, and rewards/accuracies (the share of margins > 0)
+// would count rounding noise, which each lever's own summation order flips at random (LibTorch 2.6 did).
 struct LeverRun {
   xpo::training::Metrics metrics;
   std::map<std::string, torch::Tensor> gradients, weights;
 };
+void move_policy_from_reference(xpo::XPOTrainer& t) {
+  torch::NoGradGuard no_grad;
+  auto generator = at::detail::createCPUGenerator(11);
+  for (auto& p : t.policy()->parameters())
+    if (p.requires_grad()) p.add_(torch::randn(p.sizes(), generator, p.options()) * 0.02);
+}
 LeverRun run_with_options(const std::filesystem::path& dir, xpo::training::StepOptions options, bool lora, bool bf16,
                           bool checkpointing) {
   const auto edit = [&](xpo::XPOConfig& c) {
@@ -873,6 +883,7 @@ LeverRun run_with_options(const std::filesystem::path& dir, xpo::training::StepO
   };
   LeverRun out;
   auto one = tiny_trainer(dir / "micro", edit, lora);
+  move_policy_from_reference(*one);
   one->set_step_options(options);
   out.metrics = one->step(one->micro_batch_rows(0), one->current_weights());
   for (const auto& p : one->policy()->named_parameters())
@@ -881,6 +892,7 @@ LeverRun run_with_options(const std::filesystem::path& dir, xpo::training::StepO
     edit(c);
     c.gradient_accumulation_steps = 2;
   }, lora);
+  move_policy_from_reference(*accumulated);
   accumulated->set_step_options(options);
   accumulated->optimizer_step();
   out.weights = snapshot(accumulated->policy());
@@ -906,6 +918,8 @@ LeverRun run_with_options(const std::filesystem::path& dir, xpo::training::StepO
 
 void check_step_options(const std::filesystem::path& dir, bool lora, bool checkpointing) {
   const auto plain = run_with_options(dir / "plain", {.record_reference_logps = false, .shared_prompt_forward = false}, lora, false, checkpointing);
+  ASSERT_GT(std::abs(plain.metrics.at("rewards/chosen")) + std::abs(plain.metrics.at("rewards/rejected")), 1e-4)
+      << "the policy must differ from its reference";
   EXPECT_TRUE(same_run(run_with_options(dir / "record", {.record_reference_logps = true, .shared_prompt_forward = false}, lora, false, checkpointing),
                        plain, 1e-5, 1e-5)) << "record_reference_logps";
   EXPECT_TRUE(same_run(run_with_options(dir / "shared", {.record_reference_logps = false, .shared_prompt_forward = true}, lora, false, checkpointing),
