@@ -857,8 +857,10 @@ TEST_F(TrainerTest, Bf16TracksTheFloat32LossOverTwentySteps) {
 // log-probs of its own sample recorded while it samples (instead of half of its loss forward), and each prompt
 // run once per model in the loss forward. Against both levers off, with each on and both on: one micro-step's
 // metrics (the loss among them) and gradients, and the weights after an optimizer step of two accumulated
-// micro-batches. float32: |a - e| <= 1e-5 (1 + |e|) for metrics and gradients (other summation orders), 1e-5 for the
-// weights (an AdamW step is lr x g / (|g| + eps): a relative gradient error only moves it where |g| ~ eps).
+// micro-batches. float32: |a - e| <= 1e-5 (1 + |e|) for metrics and gradients (other summation orders). The
+// weights: AdamW's first step moves a weight by lr x g / (|g| + eps), about lr x sign(g), so a gradient within
+// rounding of 0 may move it anywhere in [-lr, lr] (lr 1e-3): the worst weight may differ by a tenth of a step
+// (1e-4; LibTorch 2.6 gave 1.7e-5), and the typical one must agree to 1e-7 (mean absolute difference).
 // Full fine-tuning (a frozen reference copy), LoRA (the reference = adapters off) and gradient checkpointing.
 // Under bf16 see Bf16StepOptionsStayWithinBf16Rounding.
 // The policy is first moved away from its reference (every trainable weight plus N(0, 0.02) noise from a fixed
@@ -899,7 +901,8 @@ LeverRun run_with_options(const std::filesystem::path& dir, xpo::training::StepO
   return out;
 }
 
-::testing::AssertionResult same_run(const LeverRun& got, const LeverRun& expected, double tol, double weight_tol) {
+::testing::AssertionResult same_run(const LeverRun& got, const LeverRun& expected, double tol, double weight_worst = 1e-4,
+                                    double weight_mean = 1e-7) {
   for (const auto& [key, e] : expected.metrics) {
     if (!got.metrics.count(key)) return ::testing::AssertionFailure() << "metric " << key << " missing";
     const double a = got.metrics.at(key);
@@ -911,7 +914,11 @@ LeverRun run_with_options(const std::filesystem::path& dir, xpo::training::StepO
     if (auto r = xpo::test::all_close(got.gradients.at(name), e, tol); !r) return r << " (gradient of " << name << ")";
   }
   for (const auto& [name, e] : expected.weights) {
-    if (auto r = xpo::test::all_close(got.weights.at(name), e, weight_tol); !r) return r << " (weight " << name << ")";
+    const auto d = (got.weights.at(name) - e).abs().to(torch::kDouble);
+    const double worst = d.max().item<double>(), mean = d.mean().item<double>();
+    if (!(worst <= weight_worst && mean <= weight_mean))
+      return ::testing::AssertionFailure() << "weight " << name << ": worst difference " << worst << " (bound " << weight_worst
+                                           << "), mean " << mean << " (bound " << weight_mean << ")";
   }
   return ::testing::AssertionSuccess();
 }
@@ -921,10 +928,10 @@ void check_step_options(const std::filesystem::path& dir, bool lora, bool checkp
   ASSERT_GT(std::abs(plain.metrics.at("rewards/chosen")) + std::abs(plain.metrics.at("rewards/rejected")), 1e-4)
       << "the policy must differ from its reference";
   EXPECT_TRUE(same_run(run_with_options(dir / "record", {.record_reference_logps = true, .shared_prompt_forward = false}, lora, false, checkpointing),
-                       plain, 1e-5, 1e-5)) << "record_reference_logps";
+                       plain, 1e-5)) << "record_reference_logps";
   EXPECT_TRUE(same_run(run_with_options(dir / "shared", {.record_reference_logps = false, .shared_prompt_forward = true}, lora, false, checkpointing),
-                       plain, 1e-5, 1e-5)) << "shared_prompt_forward";
-  EXPECT_TRUE(same_run(run_with_options(dir / "both", {}, lora, false, checkpointing), plain, 1e-5, 1e-5)) << "both (the default)";
+                       plain, 1e-5)) << "shared_prompt_forward";
+  EXPECT_TRUE(same_run(run_with_options(dir / "both", {}, lora, false, checkpointing), plain, 1e-5)) << "both (the default)";
 }
 TEST_F(TrainerTest, StepOptionsChangeNoResult) { check_step_options(dir_, false, false); }
 TEST_F(TrainerTest, StepOptionsChangeNoResultWithLoRA) { check_step_options(dir_, true, false); }
