@@ -118,10 +118,11 @@ TEST(MixedPrecisionCache, FrozenWeightsCastOnceGiveTheSameLogitsAndGradients) {
 
 }  // namespace
 
-// Full fine-tuning under bf16: a trainable weight is cast once per generation, not at every decoding step. While
-// gradients are off every linear weight's copy is kept and the logits equal autocast's cast at each call (1e-6:
-// the same bfloat16 operands); a forward that records gradients multiplies the float32 weights themselves (their
-// gradients equal the uncached run's, 1e-5) and drops the trainable copies.
+// Full fine-tuning under bf16: a trainable weight is cast once per generation, not at every decoding step. Under
+// InferenceMode (generation) every linear weight's copy is kept and the logits equal autocast's cast at each call
+// (1e-6: the same bfloat16 operands); a forward that records gradients multiplies the float32 weights themselves
+// (their gradients equal the uncached run's, 1e-5) and drops the trainable copies, and so does a forward without
+// gradients outside InferenceMode (gradient checkpointing's first pass keeps no copy).
 TEST(MixedPrecisionCache, TrainableWeightsCastOncePerGenerationAndNotForGradients) {
   for (const auto& folder : xpo::test::causal_lm_fixture_folders()) {
     SCOPED_TRACE(folder.filename().string());
@@ -166,12 +167,22 @@ TEST(MixedPrecisionCache, TrainableWeightsCastOncePerGenerationAndNotForGradient
     EXPECT_TRUE(all_close(cached_logits, plain_logits, 1e-6));
     for (const auto* l : linears) EXPECT_TRUE(l->holds_low_precision_copy());  // made once, kept through decoding
 
+    {  // a forward without gradients but outside InferenceMode (a checkpointed forward's first pass)
+      torch::NoGradGuard no_grad;
+      xpo::compat::AutocastGuard bf16(c10::DeviceType::CPU, torch::kBFloat16);
+      const auto logits = model->forward_window(ids, mask, positions, 0, p);
+      for (const auto* l : linears) EXPECT_FALSE(l->holds_low_precision_copy());
+    }
+    (void)decode();
+    for (const auto* l : linears) ASSERT_TRUE(l->holds_low_precision_copy());
     const auto cached_grads = gradients();
     for (const auto* l : linears) EXPECT_FALSE(l->holds_low_precision_copy());  // trainable: dropped by the forward
     ASSERT_EQ(cached_grads.size(), plain_grads.size());
     for (std::size_t i = 0; i < plain_grads.size(); ++i) {
       ASSERT_EQ(cached_grads[i].defined(), plain_grads[i].defined());
-      if (plain_grads[i].defined()) EXPECT_TRUE(all_close(cached_grads[i], plain_grads[i], 1e-5));
+      if (plain_grads[i].defined()) {
+        EXPECT_TRUE(all_close(cached_grads[i], plain_grads[i], 1e-5));
+      }
     }
 
     // An optimizer-like in-place update between generations: the next generation casts the new weights.

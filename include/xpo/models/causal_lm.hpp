@@ -122,7 +122,7 @@ class CausalLMImpl : public torch::nn::Module {
   // Mixed precision without per-call weight casts (LinearImpl::set_low_precision_cache): every frozen float32
   // linear weight (and a tied LM head's) is cast to autocast's dtype once and kept, and a trainable one once per
   // generation instead of at every decoding step. The results are unchanged; the memory is 2 bytes per frozen
-  // weight under bf16/fp16, and per trainable weight from a generation to the next forward with gradients.
+  // weight under bf16/fp16, and per trainable weight from a generation to the next forward outside InferenceMode.
   void set_low_precision_cache(bool on) {
     low_precision_cache_ = on;
     if (!on) tied_head_copy_.reset();

@@ -60,14 +60,14 @@ class LowPrecisionCopy {
 
 // The tensor a float32 `weight` is multiplied as, when `cache` is on and autocast is on for its device: the kept
 // copy in autocast's dtype (`copy`), exactly what autocast would cast it to. Used for a frozen weight always, and
-// for a trainable one while gradients are off (generation: the copy is made at the first decoding step and read
-// by every later one, where autocast would cast the weight again at each step, as it caches nothing under
-// InferenceMode). A forward that records gradients gets the trainable weight itself (autocast casts it, and the
-// gradient reaches the float32 weight); that also drops its copy, stale after the next optimizer step anyway, so
-// the memory is held only from generation to the loss forward. Otherwise: `weight` itself.
+// for a trainable one under InferenceMode (generation: the copy is made at the first decoding step and read by
+// every later one, where autocast would cast the weight again at each step, as it caches nothing there). Any other
+// forward gets the trainable weight itself (autocast casts it; with gradients on, the gradient reaches the float32
+// weight) and drops its copy, stale after the next optimizer step anyway: the memory is held only from generation
+// to the loss forward, and a checkpointed forward (run without gradients) keeps none. Otherwise: `weight` itself.
 inline torch::Tensor autocast_weight(const torch::Tensor& weight, bool cache, LowPrecisionCopy& copy) {
   if (!cache || !weight.defined() || weight.scalar_type() != torch::kFloat) return weight;
-  if (weight.requires_grad() && at::GradMode::is_enabled()) {
+  if (weight.requires_grad() && !c10::InferenceMode::is_enabled()) {
     copy.reset();
     return weight;
   }
@@ -139,12 +139,12 @@ class LinearImpl : public torch::nn::Module {
   // Mixed precision without per-call casts: autocast casts a float32 weight to its dtype at every call, caching
   // only weights that require grad and only while gradients are recorded, so a frozen layer (LoRA's base) was
   // re-cast at every decoding step and forward, and every layer at every decoding step. When on, a frozen float32
-  // weight is cast once and kept, and a trainable one once per generation (autocast_weight); a copy is re-cast
-  // only when its weight changed (version counter) or moved: the same values autocast's cast gives, so the
-  // results are unchanged. (The bias stays as it is: autocast's linear adds a float32 bias to the low-precision
-  // product without rounding it first.) Costs the low-precision copy (2 bytes per weight under bf16/fp16; a
-  // trainable weight's only between a generation and the next forward with gradients). Off (the default): no
-  // copy is kept.
+  // weight is cast once and kept, and a trainable one once per generation (under InferenceMode, autocast_weight);
+  // a copy is re-cast only when its weight changed (version counter) or moved: the same values autocast's cast
+  // gives, so the results are unchanged. (The bias stays as it is: autocast's linear adds a float32 bias to the
+  // low-precision product without rounding it first.) Costs the low-precision copy (2 bytes per weight under
+  // bf16/fp16; a trainable weight's only between a generation and the next forward outside InferenceMode). Off
+  // (the default): no copy is kept.
   void set_low_precision_cache(bool on) {
     low_precision_cache_ = on;
     if (!on) cached_weight_.reset();
