@@ -113,16 +113,15 @@ void BM_Decode(benchmark::State& state) {
   double linear_seconds = 0, sample_seconds = 0;
   {
     c10::InferenceMode inference;
-    std::vector<torch::Tensor> inputs, weights;
+    const auto type = bf16 ? torch::kBFloat16 : torch::kFloat;
+    std::vector<torch::Tensor> inputs, weights, biases;
     for (const auto& [w, b] : matrices) {
-      inputs.push_back(torch::randn({batch, w.size(1)}, bf16 ? torch::kBFloat16 : torch::kFloat));
-      weights.push_back(bf16 ? w.to(torch::kBFloat16) : w);
+      inputs.push_back(torch::randn({batch, w.size(1)}, type));
+      weights.push_back(w.to(type));
+      biases.push_back(b.defined() ? b.to(type) : b);
     }
     linear_seconds = xpo::bench::best_seconds(5, [&] {
-      for (std::size_t i = 0; i < matrices.size(); ++i) {
-        const auto& bias = matrices[i].second;
-        (void)torch::nn::functional::linear(inputs[i], weights[i], bf16 && bias.defined() ? bias.to(torch::kBFloat16) : bias);
-      }
+      for (std::size_t i = 0; i < matrices.size(); ++i) (void)torch::nn::functional::linear(inputs[i], weights[i], biases[i]);
     });
     const auto logits = torch::randn({batch, model->vocab_size()}) * 3;
     const auto o = decode_options(new_tokens, true);

@@ -96,8 +96,9 @@ TEST(Generate, RecordedTokenLogprobsEqualAForwardOverPromptAndCompletion) {
 }
 
 TEST(Generate, SeededSamplingRepeatsAndSeparateStreamsDiffer) {
-  auto model = xpo::models::load_causal_lm(xpo::test::causal_lm_fixture_folders().front());
-  const auto reference = xpo::test::read_json(xpo::test::causal_lm_fixture_folders().front() / "reference.json");
+  const auto folder = xpo::test::causal_lm_fixture_folders().front();
+  auto model = xpo::models::load_causal_lm(folder);
+  const auto reference = xpo::test::read_json(folder / "reference.json");
   const auto& g = reference.at("greedy");
   auto options = greedy_options(g);
   options.temperature = 1.0;
@@ -253,8 +254,9 @@ TEST(Generate, RowStreamsMakeARowsSampleIndependentOfItsBatch) {
 }
 
 TEST(Generate, StreamingCallbackSeesEveryStep) {
-  auto model = xpo::models::load_causal_lm(xpo::test::causal_lm_fixture_folders().front());
-  const auto reference = xpo::test::read_json(xpo::test::causal_lm_fixture_folders().front() / "reference.json");
+  const auto folder = xpo::test::causal_lm_fixture_folders().front();
+  auto model = xpo::models::load_causal_lm(folder);
+  const auto reference = xpo::test::read_json(folder / "reference.json");
   const auto& g = reference.at("greedy");
   auto options = greedy_options(g);
   auto gen = xpo::compat::make_generator(torch::kCPU, 0);

@@ -16,6 +16,16 @@ namespace {
 
 using xpo::test::all_close;
 
+// A batch of b rows of t tokens: ids from the first min(V, 100) tokens (drawn from the global generator), an
+// all-ones mask and positions 0..t-1, all [b, t] int64.
+struct Inputs {
+  torch::Tensor ids, mask, positions;
+};
+Inputs random_inputs(const xpo::models::CausalLM& model, std::int64_t b, std::int64_t t) {
+  return {torch::randint(std::min<std::int64_t>(model->vocab_size(), 100), {b, t}, torch::kLong), torch::ones({b, t}, torch::kLong),
+          torch::arange(t, torch::kLong).unsqueeze(0).expand({b, t}).contiguous()};
+}
+
 // Decodes `steps` tokens greedily after `ids` with `cache`, returning the last position's logits of each step
 // [B, steps, V]; runs under autocast (bfloat16) whatever the cache's dtype.
 torch::Tensor decode_logits(xpo::models::CausalLM& model, const torch::Tensor& ids, xpo::models::KVCache cache, int steps) {
@@ -44,7 +54,7 @@ TEST(MixedPrecisionCache, AutocastCacheHoldsTheLowPrecisionAndDecodesTheSame) {
     const int steps = 6;
     const std::int64_t b = 2, p = 5, capacity = p + steps;
     torch::manual_seed(3);
-    const auto ids = torch::randint(std::min<std::int64_t>(model->vocab_size(), 100), {b, p}, torch::kLong);
+    const auto ids = random_inputs(model, b, p).ids;
 
     const auto float_cache = model->make_cache(b, capacity);  // made outside autocast: the model's float32
     ASSERT_EQ(float_cache.keys.front().scalar_type(), torch::kFloat);
@@ -77,9 +87,7 @@ TEST(MixedPrecisionCache, FrozenWeightsCastOnceGiveTheSameLogitsAndGradients) {
         if (p.requires_grad()) p.normal_(0, 0.05);  // adapters that change the output
     }
     const std::int64_t b = 2, t = 7;
-    const auto ids = torch::randint(std::min<std::int64_t>(model->vocab_size(), 100), {b, t}, torch::kLong);
-    const auto mask = torch::ones({b, t}, torch::kLong);
-    const auto positions = torch::arange(t, torch::kLong).unsqueeze(0).expand({b, t}).contiguous();
+    const auto [ids, mask, positions] = random_inputs(model, b, t);
     const auto run = [&] {  // logits under bf16 autocast, and the adapters' gradients of their sum
       model->zero_grad();
       xpo::compat::AutocastGuard bf16(c10::DeviceType::CPU, torch::kBFloat16);
@@ -116,8 +124,6 @@ TEST(MixedPrecisionCache, FrozenWeightsCastOnceGiveTheSameLogitsAndGradients) {
   }
 }
 
-}  // namespace
-
 // Full fine-tuning under bf16: a trainable weight is cast once per generation, not at every decoding step. Under
 // InferenceMode (generation) every linear weight's copy is kept and the logits equal autocast's cast at each call
 // (1e-6: the same bfloat16 operands); a forward that records gradients multiplies the float32 weights themselves
@@ -131,9 +137,7 @@ TEST(MixedPrecisionCache, TrainableWeightsCastOncePerGenerationAndNotForGradient
     const int steps = 5;
     const std::int64_t b = 2, p = 4;
     torch::manual_seed(7);
-    const auto ids = torch::randint(std::min<std::int64_t>(model->vocab_size(), 100), {b, p}, torch::kLong);
-    const auto mask = torch::ones({b, p}, torch::kLong);
-    const auto positions = torch::arange(p, torch::kLong).unsqueeze(0).expand({b, p}).contiguous();
+    const auto [ids, mask, positions] = random_inputs(model, b, p);
     const auto linears = [&] {
       std::vector<const xpo::models::LinearImpl*> out;
       for (const auto& m : model->modules(/*include_self=*/false))
@@ -198,3 +202,5 @@ TEST(MixedPrecisionCache, TrainableWeightsCastOncePerGenerationAndNotForGradient
     EXPECT_FALSE(all_close(updated_cached, cached_logits, 1e-3));
   }
 }
+
+}  // namespace
