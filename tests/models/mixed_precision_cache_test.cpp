@@ -5,10 +5,16 @@
 // And CausalLM::set_low_precision_cache: frozen float32 weights cast once and kept give the same logits and input
 // gradients as autocast's cast at every call, and a weight changed in place is cast again.
 // And trainable weights (full fine-tuning) are cast once per generation and multiplied as themselves under grad.
+// Where copies are used, q/k/v and gate/up keep one concatenated copy per group (FusedProjection), multiplied as
+// one product when decoding: the same logits.
 #include <gtest/gtest.h>
 
 #include <xpo/core/compat.hpp>
 #include <xpo/models/pretrained.hpp>
+
+#include <map>
+#include <utility>
+#include <vector>
 
 #include "support/fixtures.hpp"
 
@@ -44,6 +50,25 @@ torch::Tensor decode_logits(xpo::models::CausalLM& model, const torch::Tensor& i
     out.push_back(logits);
   }
   return torch::cat(out, 1);
+}
+
+// Each linear layer's low-precision copies: {its own (LinearImpl), its q/k/v or gate/up group's concatenated one
+// (FusedProjection)}, in module order.
+std::vector<std::pair<bool, bool>> copies_held(const xpo::models::CausalLM& model) {
+  std::map<const xpo::models::LinearImpl*, bool> grouped;
+  for (const auto& m : model->modules(/*include_self=*/false)) {
+    if (const auto* a = m->as<xpo::models::AttentionImpl>()) {
+      for (const auto& l : {a->q_proj, a->k_proj, a->v_proj})
+        if (l) grouped[l.get()] = a->holds_fused_copy();
+    } else if (const auto* mlp = m->as<xpo::models::MLPImpl>()) {
+      for (const auto& l : {mlp->gate_proj, mlp->up_proj})
+        if (l) grouped[l.get()] = mlp->holds_fused_copy();
+    }
+  }
+  std::vector<std::pair<bool, bool>> out;
+  for (const auto& m : model->modules(/*include_self=*/false))
+    if (const auto* l = m->as<xpo::models::LinearImpl>()) out.emplace_back(l->holds_low_precision_copy(), grouped.count(l) ? grouped[l] : false);
+  return out;
 }
 
 TEST(MixedPrecisionCache, AutocastCacheHoldsTheLowPrecisionAndDecodesTheSame) {
@@ -98,12 +123,29 @@ TEST(MixedPrecisionCache, FrozenWeightsCastOnceGiveTheSameLogitsAndGradients) {
         if (p.requires_grad()) grads.push_back(p.grad().clone());
       return std::pair{logits.detach(), grads};
     };
+    const auto decode = [&] {  // greedy decoding with the adapters on, as generation runs it
+      xpo::models::KVCache cache;
+      {
+        xpo::compat::AutocastGuard bf16(c10::DeviceType::CPU, torch::kBFloat16);
+        cache = model->make_cache(b, t + 3);
+      }
+      c10::InferenceMode inference;
+      return decode_logits(model, ids, cache, 3);
+    };
     const auto [plain_logits, plain_grads] = run();
+    const auto plain_decoded = decode();
     model->set_low_precision_cache(true);
     {  // the copies are first made where generation makes them: under InferenceMode, then used by a training forward
       c10::InferenceMode inference;
       xpo::compat::AutocastGuard bf16(c10::DeviceType::CPU, torch::kBFloat16);
       (void)model->forward_window(ids, mask, positions, 0, t);
+    }
+    // Decoding multiplies each q/k/v and gate/up group as one product, then adds each layer's adapter: the same
+    // bfloat16 operands, the same logits (1e-6).
+    EXPECT_TRUE(all_close(decode(), plain_decoded, 1e-6));
+    if (!c.fused_projections) {
+      const auto held = copies_held(model);
+      EXPECT_TRUE(std::any_of(held.begin(), held.end(), [](auto h) { return h.second; }));
     }
     const auto [cached_logits, cached_grads] = run();
     EXPECT_TRUE(all_close(cached_logits, plain_logits, 1e-6));
@@ -138,13 +180,16 @@ TEST(MixedPrecisionCache, TrainableWeightsCastOncePerGenerationAndNotForGradient
     const std::int64_t b = 2, p = 4;
     torch::manual_seed(7);
     const auto [ids, mask, positions] = random_inputs(model, b, p);
-    const auto linears = [&] {
-      std::vector<const xpo::models::LinearImpl*> out;
-      for (const auto& m : model->modules(/*include_self=*/false))
-        if (const auto* l = m->as<xpo::models::LinearImpl>()) out.push_back(l);
-      return out;
-    }();
-    ASSERT_FALSE(linears.empty());
+    const bool grouped = !model->config().fused_projections;  // separate q/k/v and gate/up: one copy per group
+    // Every linear weight has a copy (its own or its group's), and no weight has both.
+    const auto all_held = [&] {
+      const auto held = copies_held(model);
+      return !held.empty() && std::all_of(held.begin(), held.end(), [](auto h) { return h.first != h.second; });
+    };
+    const auto none_held = [&] {
+      const auto held = copies_held(model);
+      return !held.empty() && std::none_of(held.begin(), held.end(), [](auto h) { return h.first || h.second; });
+    };
     const auto decode = [&] {
       xpo::models::KVCache cache;
       {
@@ -164,23 +209,28 @@ TEST(MixedPrecisionCache, TrainableWeightsCastOncePerGenerationAndNotForGradient
     };
     const auto plain_logits = decode();
     const auto plain_grads = gradients();
-    for (const auto* l : linears) ASSERT_FALSE(l->holds_low_precision_copy());
+    ASSERT_TRUE(none_held());
 
     model->set_low_precision_cache(true);
     const auto cached_logits = decode();
+    // The same bfloat16 operands (a q/k/v or gate/up group multiplied in one product): the same logits.
     EXPECT_TRUE(all_close(cached_logits, plain_logits, 1e-6));
-    for (const auto* l : linears) EXPECT_TRUE(l->holds_low_precision_copy());  // made once, kept through decoding
+    EXPECT_TRUE(all_held());  // made once, kept through decoding
+    if (grouped) {  // and the groups' copies are the concatenated ones
+      const auto held = copies_held(model);
+      EXPECT_TRUE(std::any_of(held.begin(), held.end(), [](auto h) { return h.second; }));
+    }
 
     {  // a forward without gradients but outside InferenceMode (a checkpointed forward's first pass)
       torch::NoGradGuard no_grad;
       xpo::compat::AutocastGuard bf16(c10::DeviceType::CPU, torch::kBFloat16);
       const auto logits = model->forward_window(ids, mask, positions, 0, p);
-      for (const auto* l : linears) EXPECT_FALSE(l->holds_low_precision_copy());
+      EXPECT_TRUE(none_held());
     }
     (void)decode();
-    for (const auto* l : linears) ASSERT_TRUE(l->holds_low_precision_copy());
+    ASSERT_TRUE(all_held());
     const auto cached_grads = gradients();
-    for (const auto* l : linears) EXPECT_FALSE(l->holds_low_precision_copy());  // trainable: dropped by the forward
+    EXPECT_TRUE(none_held());  // trainable: dropped by the forward
     ASSERT_EQ(cached_grads.size(), plain_grads.size());
     for (std::size_t i = 0; i < plain_grads.size(); ++i) {
       ASSERT_EQ(cached_grads[i].defined(), plain_grads[i].defined());
@@ -197,6 +247,7 @@ TEST(MixedPrecisionCache, TrainableWeightsCastOncePerGenerationAndNotForGradient
     }
     const auto updated_cached = decode();
     model->set_low_precision_cache(false);
+    EXPECT_TRUE(none_held());  // switching the cache off drops every copy
     const auto updated_plain = decode();
     EXPECT_TRUE(all_close(updated_cached, updated_plain, 1e-6));
     EXPECT_FALSE(all_close(updated_cached, cached_logits, 1e-3));

@@ -110,6 +110,11 @@ class AttentionImpl : public torch::nn::Module {
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, qkv_proj{nullptr}, o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};
 
+  // The concatenated low-precision q/k/v copy (FusedProjection; never held for a fused qkv_proj): whether it is
+  // held, and dropping it.
+  [[nodiscard]] bool holds_fused_copy() const { return qkv_copy_.holds_copy(); }
+  void drop_fused_copy() { qkv_copy_.reset(); }
+
  private:
   // x [B, T, H] -> q [B, H, T, D], k and v [B, Hkv, T, D]: projected, q and k normed (if the model norms them) and
   // rotated (rope nullptr: not rotated).
@@ -121,6 +126,8 @@ class AttentionImpl : public torch::nn::Module {
       q = qkv.narrow(-1, 0, heads_ * head_dim_);
       k = qkv.narrow(-1, heads_ * head_dim_, kv_heads_ * head_dim_);
       v = qkv.narrow(-1, (heads_ + kv_heads_) * head_dim_, kv_heads_ * head_dim_);
+    } else if (auto qkv = qkv_copy_.forward(x, {q_proj.get(), k_proj.get(), v_proj.get()}); !qkv.empty()) {
+      q = qkv[0], k = qkv[1], v = qkv[2];  // one low-precision product (FusedProjection)
     } else {
       q = q_proj(x), k = k_proj(x), v = v_proj(x);
     }
@@ -155,6 +162,7 @@ class AttentionImpl : public torch::nn::Module {
   double dropout_;
   bool fused_;
   double query_multiplier_;
+  FusedProjection qkv_copy_;
 };
 TORCH_MODULE(Attention);
 
@@ -178,15 +186,23 @@ class MLPImpl : public torch::nn::Module {
       const auto gu = gate_up_proj(x);
       return down_proj(gu.narrow(-1, intermediate_, intermediate_) * activation(gu.narrow(-1, 0, intermediate_)));
     }
+    if (auto gu = gate_up_copy_.forward(x, {gate_proj.get(), up_proj.get()}); !gu.empty())  // one product (FusedProjection)
+      return down_proj(activation(gu[0]) * gu[1]);
     return down_proj(activation(gate_proj(x)) * up_proj(x));
   }
 
   Linear gate_proj{nullptr}, up_proj{nullptr}, gate_up_proj{nullptr}, down_proj{nullptr};
 
+  // The concatenated low-precision gate/up copy (FusedProjection; never held for a fused gate_up_proj): whether it
+  // is held, and dropping it.
+  [[nodiscard]] bool holds_fused_copy() const { return gate_up_copy_.holds_copy(); }
+  void drop_fused_copy() { gate_up_copy_.reset(); }
+
  private:
   torch::Tensor activation(const torch::Tensor& x) const { return gelu_tanh_ ? torch::gelu(x, "tanh") : torch::silu(x); }
   std::int64_t intermediate_;
   bool gelu_tanh_;
+  FusedProjection gate_up_copy_;
 };
 TORCH_MODULE(MLP);
 
