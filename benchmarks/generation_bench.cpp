@@ -13,8 +13,11 @@
 //    copy bandwidth (what the BLAS reaches on these shapes), sampling_share = sample_next on [B, V] / step time.
 //  - bf16:1 runs the same float32 model the way the trainer decodes under --bf16: bfloat16 autocast with the
 //    weights cast once per generation (CausalLM::set_low_precision_cache) and a bfloat16 KV cache; its bytes are
-//    the bfloat16 copies' (2 per weight and cached value), and the matmuls alone run on those copies (oneDNN).
+//    the bfloat16 copies' (2 per weight and cached value), and the matmuls alone run on those copies (oneDNN), with
+//    q/k/v and gate/up each one product as the model multiplies them there (FusedProjection).
 #include <benchmark/benchmark.h>
+
+#include <set>
 
 #include <xpo/generation/generate.hpp>
 #include <xpo/models/causal_lm.hpp>
@@ -65,12 +68,28 @@ xpo::models::CausalLM bench_model() {
   return model;
 }
 
-// The weight matrices one decode step multiplies, in the forward's order: every Linear of the decoder, then the
-// LM head (tied: the embedding matrix).
-std::vector<std::pair<torch::Tensor, torch::Tensor>> step_matrices(xpo::models::CausalLM& model) {
+// The weight matrices one decode step multiplies, in the forward's order: every Linear of the decoder (`grouped`:
+// q/k/v and gate/up each one concatenated matrix), then the LM head (tied: the embedding matrix).
+std::vector<std::pair<torch::Tensor, torch::Tensor>> step_matrices(xpo::models::CausalLM& model, bool grouped) {
   std::vector<std::pair<torch::Tensor, torch::Tensor>> out;
-  for (const auto& m : model->model->modules(/*include_self=*/false))
-    if (const auto* linear = m->as<xpo::models::LinearImpl>()) out.emplace_back(linear->weight, linear->bias);
+  std::set<const xpo::models::LinearImpl*> done;
+  // A group's weights (and biases, zeros for a part without one) concatenated, as FusedProjection multiplies them.
+  const auto group = [&](std::initializer_list<const xpo::models::LinearImpl*> parts) {
+    std::vector<torch::Tensor> w, b;
+    bool any_bias = false;
+    for (const auto* p : parts) any_bias = any_bias || p->bias.defined();
+    for (const auto* p : parts) {
+      w.push_back(p->weight.detach());
+      if (any_bias) b.push_back(p->bias.defined() ? p->bias.detach() : torch::zeros({p->weight.size(0)}));
+      done.insert(p);
+    }
+    out.emplace_back(torch::cat(w, 0), any_bias ? torch::cat(b, 0) : torch::Tensor());
+  };
+  for (const auto& m : model->model->modules(/*include_self=*/false)) {
+    if (const auto* a = m->as<xpo::models::AttentionImpl>(); grouped && a && a->q_proj) group({a->q_proj.get(), a->k_proj.get(), a->v_proj.get()});
+    if (const auto* mlp = m->as<xpo::models::MLPImpl>(); grouped && mlp && mlp->gate_proj) group({mlp->gate_proj.get(), mlp->up_proj.get()});
+    if (const auto* linear = m->as<xpo::models::LinearImpl>(); linear && !done.count(linear)) out.emplace_back(linear->weight, linear->bias);
+  }
   out.emplace_back(model->lm_head ? model->lm_head->weight : model->model->embed_tokens->weight, torch::Tensor());
   return out;
 }
@@ -91,7 +110,7 @@ void BM_Decode(benchmark::State& state) {
   const double mean_length = static_cast<double>(kPrompt) + 1.0 + static_cast<double>(new_tokens) / 2.0;
   const double kv_bytes = 2.0 * static_cast<double>(c.num_hidden_layers * batch * c.num_key_value_heads * c.head_dim) * mean_length * element_bytes;
   // FLOPs: 2 per weight element of the matrices multiplied, per row; attention's QK^T and PV per query head.
-  const auto matrices = step_matrices(model);
+  const auto matrices = step_matrices(model, /*grouped=*/bf16);  // under bf16 as FusedProjection groups them
   double matrix_elements = 0;
   for (const auto& [w, b] : matrices) matrix_elements += static_cast<double>(w.numel());
   const double flops = 2.0 * matrix_elements * static_cast<double>(batch) +
