@@ -12,7 +12,9 @@
 #include <xpo/core/compat.hpp>
 #include <xpo/models/pretrained.hpp>
 
+#include <algorithm>
 #include <map>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -163,6 +165,13 @@ TEST(MixedPrecisionCache, FrozenWeightsCastOnceGiveTheSameLogitsAndGradients) {
     const auto changed_plain = run().first;
     EXPECT_TRUE(all_close(changed_cached, changed_plain, 1e-6));
     EXPECT_FALSE(all_close(changed_cached, cached_logits, 1e-3));
+
+    // The checkpoint loaded again (bytes written straight into the weights): the copies follow it too.
+    model->set_low_precision_cache(true);
+    (void)run();  // copies of the halved weights
+    xpo::models::load_weights(*model, xpo::io::TensorStore::open(folder), folder.string(),
+                              c.tie_word_embeddings ? std::set<std::string>{"lm_head.weight"} : std::set<std::string>{});
+    EXPECT_TRUE(all_close(run().first, cached_logits, 1e-6));
   }
 }
 

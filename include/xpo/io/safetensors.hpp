@@ -138,6 +138,9 @@ inline void SafetensorsFile::read_into(const std::string& name, torch::Tensor& t
   if (!in) fail("tensor \"" + name + "\": the file ended while reading its bytes (changed since it was opened?)");
   if (e.dtype.type == torch::kBool && tensor.view(torch::kByte).gt(1).any().item<bool>())
     fail("tensor \"" + name + "\": BOOL data holds bytes other than 0 and 1");
+  // Written through its pointer, not by an in-place op: count it as one, so that whatever keys on the version
+  // counter (autograd's saved-tensor checks, the models' low-precision weight copies) sees the change.
+  torch::autograd::impl::bump_version(tensor);
 }
 
 // Write `tensors` (any device, any supported dtype; stored as they are) to `path` with HF's metadata

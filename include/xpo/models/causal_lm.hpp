@@ -123,8 +123,8 @@ class CausalLMImpl : public torch::nn::Module {
   // linear weight (and a tied LM head's) is cast to autocast's dtype once and kept, and a trainable one once per
   // generation instead of at every decoding step. The results are unchanged; the memory is 2 bytes per frozen
   // weight under bf16/fp16, and per trainable weight from a generation to the next forward outside InferenceMode.
-  // Wherever the copies are used, q/k/v and gate/up are each kept as one concatenated copy and multiplied in one
-  // product (FusedProjection): fewer calls per decoding step, the same memory.
+  // Wherever the copies are used, q/k/v and gate/up are each kept as one concatenated copy instead of one per layer,
+  // and multiplied in one product under InferenceMode (FusedProjection): fewer calls per decoding step.
   void set_low_precision_cache(bool on) {
     low_precision_cache_ = on;
     if (!on) tied_head_copy_.reset();

@@ -188,7 +188,8 @@ class MLPImpl : public torch::nn::Module {
     }
     if (auto gu = gate_up_copy_.forward(x, {gate_proj.get(), up_proj.get()}); !gu.empty())  // one product (FusedProjection)
       return down_proj(activation(gu[0]) * gu[1]);
-    return down_proj(activation(gate_proj(x)) * up_proj(x));
+    const auto gate = gate_proj(x);  // gate first, as the fused product orders them (dropout draws)
+    return down_proj(activation(gate) * up_proj(x));
   }
 
   Linear gate_proj{nullptr}, up_proj{nullptr}, gate_up_proj{nullptr}, down_proj{nullptr};

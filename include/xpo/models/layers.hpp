@@ -158,6 +158,8 @@ class LinearImpl : public torch::nn::Module {
 
   // Whether a low-precision copy of the weight is held now (set_low_precision_cache).
   [[nodiscard]] bool holds_low_precision_copy() const { return cached_weight_.holds_copy(); }
+  // Drops the weight's own low-precision copy (a FusedProjection holding it in its group's copy instead).
+  void drop_low_precision_copy() { cached_weight_.reset(); }
   [[nodiscard]] bool low_precision_cache() const { return low_precision_cache_; }
 
   // The plain weight a merged checkpoint stores: W + scaling * B A (W itself without adapters). [out, in]
@@ -203,10 +205,11 @@ class FusedProjection {
   std::vector<torch::Tensor> forward(const torch::Tensor& x, const std::vector<LinearImpl*>& parts) {
     const auto low = applies(parts);
     if (!low) {
-      reset();
+      if (stale(parts)) reset();  // else (autocast off for this call, say) kept for the next call that applies
       return {};
     }
     refresh(parts, *low);
+    for (auto* part : parts) part->drop_low_precision_copy();  // one copy per weight: the group's
     std::vector<torch::Tensor> out;
     out.reserve(parts.size());
     std::int64_t offset = 0;
@@ -219,13 +222,12 @@ class FusedProjection {
       }
       return out;
     }
-    // A forward that may record gradients (frozen parts): each part's own product over its rows of the copy, so that
-    // the input's gradient sums the parts' rounded products as the unfused layers do (one product would round the
-    // sum once: other bfloat16 gradients).
+    // A forward that may record gradients (frozen parts): each part's own product over its rows of the copy, with
+    // its own bias, so that the input's gradient sums the parts' rounded products as the unfused layers do (one
+    // product would round the sum once: other bfloat16 gradients).
     for (auto* part : parts) {
       const auto n = part->weight.size(0);
-      const auto bias = bias_.defined() ? bias_.narrow(0, offset, n) : torch::Tensor();
-      out.push_back(part->add_adapter(x, torch::nn::functional::linear(x, weight_.narrow(0, offset, n), part->bias.defined() ? bias : torch::Tensor())));
+      out.push_back(part->add_adapter(x, torch::nn::functional::linear(x, weight_.narrow(0, offset, n), part->bias)));
       offset += n;
     }
     return out;
@@ -241,6 +243,11 @@ class FusedProjection {
   [[nodiscard]] bool holds_copy() const { return weight_.defined(); }
 
  private:
+  // Whether a part trains (its weight or bias requires grad): its copy is multiplied only under InferenceMode.
+  static bool trains(const LinearImpl& part) {
+    return part.weight.requires_grad() || (part.bias.defined() && part.bias.requires_grad());
+  }
+
   // autocast's dtype when every part's weight would be multiplied as its low-precision copy here, else nullopt.
   static std::optional<torch::ScalarType> applies(const std::vector<LinearImpl*>& parts) {
     if (parts.empty()) return std::nullopt;
@@ -251,9 +258,19 @@ class FusedProjection {
     for (const auto* part : parts) {
       const auto& w = part->weight;
       if (!part->low_precision_cache() || !w.defined() || w.scalar_type() != torch::kFloat || w.device() != device) return std::nullopt;
-      if (w.requires_grad() && !inference) return std::nullopt;
+      if (trains(*part) && !inference) return std::nullopt;
     }
     return low;
+  }
+
+  // Whether a held copy must go when the fused product does not apply: the cache is off for a part, or a part
+  // trains and this forward is outside InferenceMode (its copy is stale after the next update, and a checkpointed
+  // forward must not keep it).
+  static bool stale(const std::vector<LinearImpl*>& parts) {
+    const bool inference = c10::InferenceMode::is_enabled();
+    for (const auto* part : parts)
+      if (!part->low_precision_cache() || (trains(*part) && !inference)) return true;
+    return false;
   }
 
   // (Re)builds the concatenated copy when a part's weight or bias changed (version counter, or another tensor),
@@ -286,7 +303,8 @@ class FusedProjection {
   }
 
   torch::Tensor weight_;  // [sum out_i, in] in autocast's dtype
-  torch::Tensor bias_;    // [sum out_i] float32 (autocast casts it as it casts each layer's), or undefined
+  torch::Tensor bias_;    // [sum out_i] float32 (autocast casts it as it casts each layer's), or undefined; the
+                          // one product's (InferenceMode) only
   std::vector<std::pair<const void*, std::int64_t>> sources_;  // each weight's and bias's tensor and version
 };
 
