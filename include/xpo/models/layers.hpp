@@ -290,14 +290,14 @@ class FusedProjection {
     std::vector<torch::Tensor> weights, biases;
     bool any_bias = false;
     for (const auto* part : parts) {
-      weights.push_back(part->weight.detach());
+      weights.push_back(part->weight.detach().to(low));  // cast part by part: no float32 copy of the whole group
       any_bias = any_bias || part->bias.defined();
     }
     if (any_bias) {  // a part without a bias adds zeros: the same products
       for (const auto* part : parts)
         biases.push_back(part->bias.defined() ? part->bias.detach() : torch::zeros({part->weight.size(0)}, part->weight.options()));
     }
-    weight_ = torch::cat(weights, 0).to(low);
+    weight_ = torch::cat(weights, 0);
     bias_ = any_bias ? torch::cat(biases, 0) : torch::Tensor();
     sources_ = std::move(sources);
   }
