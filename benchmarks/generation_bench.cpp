@@ -73,17 +73,10 @@ xpo::models::CausalLM bench_model() {
 std::vector<std::pair<torch::Tensor, torch::Tensor>> step_matrices(xpo::models::CausalLM& model, bool grouped) {
   std::vector<std::pair<torch::Tensor, torch::Tensor>> out;
   std::set<const xpo::models::LinearImpl*> done;
-  // A group's weights (and biases, zeros for a part without one) concatenated, as FusedProjection multiplies them.
-  const auto group = [&](std::initializer_list<const xpo::models::LinearImpl*> parts) {
-    std::vector<torch::Tensor> w, b;
-    bool any_bias = false;
-    for (const auto* p : parts) any_bias = any_bias || p->bias.defined();
-    for (const auto* p : parts) {
-      w.push_back(p->weight.detach());
-      if (any_bias) b.push_back(p->bias.defined() ? p->bias.detach() : torch::zeros({p->weight.size(0)}));
-      done.insert(p);
-    }
-    out.emplace_back(torch::cat(w, 0), any_bias ? torch::cat(b, 0) : torch::Tensor());
+  // A group's weights and biases concatenated, as FusedProjection multiplies them.
+  const auto group = [&](const std::vector<const xpo::models::LinearImpl*>& parts) {
+    done.insert(parts.begin(), parts.end());
+    out.push_back(xpo::models::FusedProjection::concatenate(parts, torch::kFloat));
   };
   for (const auto& m : model->model->modules(/*include_self=*/false)) {
     if (const auto* a = m->as<xpo::models::AttentionImpl>(); grouped && a && a->q_proj) group({a->q_proj.get(), a->k_proj.get(), a->v_proj.get()});

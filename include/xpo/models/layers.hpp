@@ -15,6 +15,7 @@
 #include <memory>
 #include <numbers>
 #include <optional>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -196,7 +197,8 @@ TORCH_MODULE(Linear);
 // forwards (frozen parts, e.g. LoRA's base in the loss forward) multiply each part's rows of the copy separately:
 // exactly the unfused layers' products and gradients. Adapters (LoRA) are added per layer after the base product
 // (LinearImpl::add_adapter). Elsewhere (a trainable weight outside InferenceMode, float32 without autocast, the
-// cache off) forward() returns nothing and drops its copy, and the caller runs the layers one by one, as before.
+// cache off) forward() returns nothing, and the caller runs the layers one by one, as before; the copy is dropped
+// when it is stale (a part trains outside InferenceMode, or its cache is off), kept otherwise.
 class FusedProjection {
  public:
   // x [..., in] -> each part's output [..., out_i] (views into one product, adapters added), or an empty vector
@@ -242,6 +244,24 @@ class FusedProjection {
   // Whether the concatenated low-precision copy is held (tests; memory accounting).
   [[nodiscard]] bool holds_copy() const { return weight_.defined(); }
 
+  // The parts' weights concatenated along their rows, each cast to `dtype` first -> [sum out_i, in], and their
+  // biases in float32 (zeros for a part without one: the same products) -> [sum out_i], undefined when no part has
+  // one. What forward's one product multiplies (benchmarks reproduce it with this).
+  static std::pair<torch::Tensor, torch::Tensor> concatenate(const std::vector<const LinearImpl*>& parts, torch::ScalarType dtype) {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> weights, biases;
+    bool any_bias = false;
+    for (const auto* part : parts) {
+      weights.push_back(part->weight.detach().to(dtype));  // cast part by part: no float32 copy of the whole group
+      any_bias = any_bias || part->bias.defined();
+    }
+    if (any_bias) {
+      for (const auto* part : parts)
+        biases.push_back(part->bias.defined() ? part->bias.detach() : torch::zeros({part->weight.size(0)}, part->weight.options()));
+    }
+    return {torch::cat(weights, 0), any_bias ? torch::cat(biases, 0) : torch::Tensor()};
+  }
+
  private:
   // Whether a part trains (its weight or bias requires grad): its copy is multiplied only under InferenceMode.
   static bool trains(const LinearImpl& part) {
@@ -286,19 +306,7 @@ class FusedProjection {
     // Normal tensors even when first made under InferenceMode: a frozen part's copy is also read by training
     // forwards, which save it for backward.
     c10::InferenceMode normal(/*enabled=*/false);
-    torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> weights, biases;
-    bool any_bias = false;
-    for (const auto* part : parts) {
-      weights.push_back(part->weight.detach().to(low));  // cast part by part: no float32 copy of the whole group
-      any_bias = any_bias || part->bias.defined();
-    }
-    if (any_bias) {  // a part without a bias adds zeros: the same products
-      for (const auto* part : parts)
-        biases.push_back(part->bias.defined() ? part->bias.detach() : torch::zeros({part->weight.size(0)}, part->weight.options()));
-    }
-    weight_ = torch::cat(weights, 0);
-    bias_ = any_bias ? torch::cat(biases, 0) : torch::Tensor();
+    std::tie(weight_, bias_) = concatenate(std::vector<const LinearImpl*>(parts.begin(), parts.end()), low);
     sources_ = std::move(sources);
   }
 
